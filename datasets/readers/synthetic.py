@@ -1,0 +1,25 @@
+"""Reader for the synthetic domains: generate them under ``DATASET.ROOT`` when missing (or made
+with other ``DATASET.SYNTHETIC`` parameters), then read them as ordinary folder domains."""
+from __future__ import annotations
+
+from datasets import synthetic
+from datasets.readers.base import DOMAIN_REGISTRY, DomainSplits
+from datasets.readers.folder import FolderDomain
+from engine.utils.errors import UserError
+
+
+class SyntheticDomain(FolderDomain):
+    """One of :data:`datasets.synthetic.DOMAIN_STYLES`, generated on first use."""
+
+    def read(self) -> DomainSplits:
+        s = self.cfg.DATASET.SYNTHETIC
+        try:
+            synthetic.ensure_domains(self.root, [self.name], n_train_per_class=s.N_TRAIN_PER_CLASS,
+                                     n_test_per_class=s.N_TEST_PER_CLASS, size=s.SIZE, seed=s.SEED)
+        except FileExistsError as e:
+            raise UserError(str(e)) from None
+        return super().read()
+
+
+for _name in synthetic.DOMAIN_STYLES:
+    DOMAIN_REGISTRY.register(SyntheticDomain, name=_name)

@@ -1,0 +1,210 @@
+"""Default configuration, with Dassl's key names wherever Dassl has the concept.
+
+Keys this project adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATASET.SYNTHETIC.*``,
+``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``,
+``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``. Method keys (``TRAINER.<METHOD>.*``) are added by
+each trainer's config hook (see :func:`engine.config.extend_cfg`).
+
+Defaults that differ from Dassl, and why:
+- ``INPUT.PIXEL_MEAN/STD`` default to CLIP's statistics because every trainer here is CLIP-based.
+- ``SEED`` defaults to 1 (Dassl: -1, unseeded): results should be reproducible unless asked otherwise.
+- ``TEST.EVALUATOR`` defaults to ``OpenSet``: every run here is an open-set run.
+- ``MODEL.BACKBONE.NAME`` defaults to ``ViT-B/32``, the paper's backbone.
+- ``INPUT.INTERPOLATION`` defaults to ``bicubic``, as CLIP's own preprocessing.
+"""
+from yacs.config import CfgNode as CN
+
+CLIP_PIXEL_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_PIXEL_STD = [0.26862954, 0.26130258, 0.27577711]
+
+_C = CN()
+
+_C.VERSION = 1
+# Directory to save the output files (like log.txt and model weights)
+_C.OUTPUT_DIR = "./output"
+# Path to a directory where the files were saved previously (resume from its last checkpoint)
+_C.RESUME = ""
+# Set seed to a negative value to randomize everything; 0 is a valid seed
+_C.SEED = 1
+_C.USE_CUDA = True
+# Print detailed information (e.g. the split table and the config)
+_C.VERBOSE = True
+
+###########################
+# Input
+###########################
+_C.INPUT = CN()
+_C.INPUT.SIZE = (224, 224)
+# Mode of interpolation in resize functions
+_C.INPUT.INTERPOLATION = "bicubic"
+# For available choices please refer to engine/data/transforms.py
+_C.INPUT.TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
+# If True, tfm_train and tfm_test will be None
+_C.INPUT.NO_TRANSFORM = False
+_C.INPUT.PIXEL_MEAN = list(CLIP_PIXEL_MEAN)
+_C.INPUT.PIXEL_STD = list(CLIP_PIXEL_STD)
+# Padding for random crop
+_C.INPUT.CROP_PADDING = 4
+# Scale range of random resized crop (fraction of the image area)
+_C.INPUT.RRCROP_SCALE = (0.08, 1.0)
+# Mean and std for gaussian_noise (on the [0, 1] tensor)
+_C.INPUT.GN_MEAN = 0.0
+_C.INPUT.GN_STD = 0.15
+# Colour jitter strengths
+_C.INPUT.COLORJITTER_B = 0.4
+_C.INPUT.COLORJITTER_C = 0.4
+_C.INPUT.COLORJITTER_S = 0.4
+_C.INPUT.COLORJITTER_H = 0.1
+# Probability of random grayscale
+_C.INPUT.RGS_P = 0.2
+# Gaussian blur probability and kernel size
+_C.INPUT.GB_P = 0.5
+_C.INPUT.GB_K = 21
+
+###########################
+# Dataset
+###########################
+_C.DATASET = CN()
+# Directory where datasets are stored
+_C.DATASET.ROOT = ""
+_C.DATASET.NAME = ""
+# List of source/target domains' names (strings)
+_C.DATASET.SOURCE_DOMAINS = ()
+_C.DATASET.TARGET_DOMAINS = ()
+# Open set: expression classes held out of every source (names; aliases accepted)
+_C.DATASET.UNSEEN_CLASSES = ()
+# Synthetic domains (datasets/synthetic.py): generated under ROOT when missing
+_C.DATASET.SYNTHETIC = CN()
+_C.DATASET.SYNTHETIC.N_TRAIN_PER_CLASS = 40
+_C.DATASET.SYNTHETIC.N_TEST_PER_CLASS = 20
+_C.DATASET.SYNTHETIC.SIZE = 64
+_C.DATASET.SYNTHETIC.SEED = 0
+# Generic folder domains <ROOT>/<domain>/[train|test/]<class>/*.jpg
+_C.DATASET.FOLDER = CN()
+# Used only when a folder domain has no train/test sub-folders
+_C.DATASET.FOLDER.TEST_FRACTION = 0.2
+_C.DATASET.FOLDER.SPLIT_SEED = 0
+
+###########################
+# Dataloader
+###########################
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 4
+# Apply transformations to an image K times (during training)
+_C.DATALOADER.K_TRANSFORMS = 1
+# img0 denotes image tensor without augmentation; useful for consistency learning
+_C.DATALOADER.RETURN_IMG0 = False
+# RandomDomainSampler epoch length: "smallest" (Dassl: ends when the smallest domain runs out)
+# or "all" (one pass over all images; smaller domains are reshuffled and reused to keep balance)
+_C.DATALOADER.DOMAIN_EPOCH = "all"
+# Setting for the train_x data-loader
+_C.DATALOADER.TRAIN_X = CN()
+_C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
+_C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
+# Parameter for RandomDomainSampler; 0 or -1 means sampling from all domains
+_C.DATALOADER.TRAIN_X.N_DOMAIN = 0
+# Parameter of RandomClassSampler (number of instances per class)
+_C.DATALOADER.TRAIN_X.N_INS = 16
+# Setting for the train_u data-loader
+_C.DATALOADER.TRAIN_U = CN()
+# Set to false if you want to have unique data loader params for train_u
+_C.DATALOADER.TRAIN_U.SAME_AS_X = True
+_C.DATALOADER.TRAIN_U.SAMPLER = "RandomSampler"
+_C.DATALOADER.TRAIN_U.BATCH_SIZE = 32
+_C.DATALOADER.TRAIN_U.N_DOMAIN = 0
+_C.DATALOADER.TRAIN_U.N_INS = 16
+# Setting for the test data-loader
+_C.DATALOADER.TEST = CN()
+_C.DATALOADER.TEST.SAMPLER = "SequentialSampler"
+_C.DATALOADER.TEST.BATCH_SIZE = 32
+
+###########################
+# Model
+###########################
+_C.MODEL = CN()
+# Path to model weights (for initialization)
+_C.MODEL.INIT_WEIGHTS = ""
+_C.MODEL.BACKBONE = CN()
+# CLIP backbone: an OpenAI name ("ViT-B/32"), a path to a local checkpoint file, or "tiny"
+_C.MODEL.BACKBONE.NAME = "ViT-B/32"
+_C.MODEL.BACKBONE.PRETRAINED = True
+# Where OpenAI names are downloaded to and looked up ("" = ~/.cache/clip, as clip.load does)
+_C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
+# Definition of a head network (used by trainers that have one)
+_C.MODEL.HEAD = CN()
+_C.MODEL.HEAD.NAME = ""
+_C.MODEL.HEAD.HIDDEN_LAYERS = ()
+_C.MODEL.HEAD.ACTIVATION = "relu"
+_C.MODEL.HEAD.BN = True
+_C.MODEL.HEAD.DROPOUT = 0.0
+
+###########################
+# Optimization
+###########################
+_C.OPTIM = CN()
+_C.OPTIM.NAME = "adam"
+_C.OPTIM.LR = 0.0003
+_C.OPTIM.WEIGHT_DECAY = 5e-4
+_C.OPTIM.MOMENTUM = 0.9
+_C.OPTIM.SGD_DAMPNING = 0
+_C.OPTIM.SGD_NESTEROV = False
+_C.OPTIM.ADAM_BETA1 = 0.9
+_C.OPTIM.ADAM_BETA2 = 0.999
+# Learning rate scheduler: single_step, multi_step or cosine
+_C.OPTIM.LR_SCHEDULER = "single_step"
+# -1 or 0 means the stepsize is equal to max_epoch
+_C.OPTIM.STEPSIZE = (-1,)
+_C.OPTIM.GAMMA = 0.1
+_C.OPTIM.MAX_EPOCH = 10
+# Set WARMUP_EPOCH larger than 0 to activate warmup training
+_C.OPTIM.WARMUP_EPOCH = -1
+# Either linear or constant
+_C.OPTIM.WARMUP_TYPE = "linear"
+# Constant learning rate when type=constant
+_C.OPTIM.WARMUP_CONS_LR = 1e-5
+# Minimum learning rate when type=linear
+_C.OPTIM.WARMUP_MIN_LR = 1e-5
+# Recount epoch for the next scheduler (last_epoch=-1)
+# Otherwise last_epoch=warmup_epoch
+_C.OPTIM.WARMUP_RECOUNT = True
+
+###########################
+# Train
+###########################
+_C.TRAIN = CN()
+# How often (epoch) to save model during training
+# Set to 0 or negative value to only save the last one
+_C.TRAIN.CHECKPOINT_FREQ = 0
+# How often (batch) to print training information
+_C.TRAIN.PRINT_FREQ = 10
+# Use 'train_x', 'train_u' or 'smaller_one' to count
+# the number of iterations in an epoch (for DA and SSL)
+_C.TRAIN.COUNT_ITER = "train_x"
+
+###########################
+# Test
+###########################
+_C.TEST = CN()
+_C.TEST.EVALUATOR = "OpenSet"
+# Number of thresholds of the DAML dynamic-threshold grid
+_C.TEST.NUM_THRESHOLDS = 10
+# Also write per-sample probabilities, labels and domains to OUTPUT_DIR/predictions.npz
+_C.TEST.SAVE_PREDICTIONS = False
+_C.TEST.NO_TEST = False
+# Use test or val set for FINAL evaluation
+_C.TEST.SPLIT = "test"
+# Which model to test after training (last_step or best_val)
+# If best_val, evaluation is done every epoch (if val data
+# is unavailable, test data will be used)
+_C.TEST.FINAL_MODEL = "last_step"
+
+###########################
+# Trainer specifics
+###########################
+_C.TRAINER = CN()
+_C.TRAINER.NAME = ""
+
+
+def get_cfg_default() -> CN:
+    """A fresh, mutable copy of the defaults (before ``extend_cfg``)."""
+    return _C.clone()

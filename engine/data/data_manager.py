@@ -1,0 +1,169 @@
+"""Builds the data loaders a trainer uses: ``train_loader_x``, ``train_loader_u``, ``val_loader``,
+``test_loader`` (Dassl's ``DataManager``). Batches are dicts with ``img, label, domain, impath, index``.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tabulate import tabulate
+from torch.utils.data import DataLoader, Dataset
+
+from engine.data.datasets import DatasetBase, Datum, build_dataset
+from engine.data.samplers import build_sampler
+from engine.data.transforms import build_transform
+from engine.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+def read_image(path: str) -> Image.Image:
+    """Open an image file fully (so a truncated file fails here, with its name)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.copy()
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+
+
+class DatasetWrapper(Dataset):
+    """Reads and transforms one :class:`Datum` into a batch item."""
+
+    def __init__(self, cfg, data_source: Sequence[Datum], transform: Callable | None = None,
+                 is_train: bool = False) -> None:
+        self.data_source = data_source
+        self.transform = transform
+        self.is_train = is_train
+        self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
+        self.return_img0 = cfg.DATALOADER.RETURN_IMG0
+        self.to_tensor = build_transform(cfg, is_train=False, choices=["normalize"])
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def __getitem__(self, idx: int) -> dict:
+        item = self.data_source[idx]
+        output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
+        img0 = read_image(item.impath)
+        if self.transform is None:
+            output["img"] = self.to_tensor(img0)
+        elif self.k_tfm > 1:
+            for k in range(self.k_tfm):
+                output["img" if k == 0 else f"img{k + 1}"] = self.transform(img0)
+        else:
+            output["img"] = self.transform(img0)
+        if self.return_img0:
+            output["img0"] = self.to_tensor(img0)
+        return output
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; python and numpy need the same.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batch_size: int = 64,
+                      n_domain: int = 0, tfm: Callable | None = None, is_train: bool = True,
+                      dataset_wrapper: type[Dataset] | None = None, seed: int = 0) -> DataLoader:
+    """A DataLoader over ``data_source`` with a named sampler (Dassl's ``build_data_loader``)."""
+    sampler = build_sampler(sampler_type, data_source, batch_size=batch_size, n_domain=n_domain,
+                            domain_epoch=cfg.DATALOADER.DOMAIN_EPOCH, seed=seed)
+    wrapper = dataset_wrapper or DatasetWrapper
+    num_workers = cfg.DATALOADER.NUM_WORKERS
+    # Workers are re-seeded from this generator at every pass (no persistent workers), so a run
+    # restored from a checkpoint, generator state included, augments exactly as an unbroken one.
+    generator = torch.Generator()
+    generator.manual_seed(seed if seed >= 0 else int(torch.randint(2**31, ()).item()))
+    return DataLoader(
+        wrapper(cfg, data_source, transform=tfm, is_train=is_train),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=is_train and len(data_source) >= batch_size,
+        pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+    )
+
+
+class DataManager:
+    """Builds the dataset named in the config and its loaders."""
+
+    def __init__(self, cfg, custom_tfm_train: Callable | None = None, custom_tfm_test: Callable | None = None,
+                 dataset_wrapper: type[Dataset] | None = None, dataset: DatasetBase | None = None) -> None:
+        dataset = dataset if dataset is not None else build_dataset(cfg)
+        tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
+        tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
+        if not dataset.train_x and not dataset.test:
+            raise UserError(f"dataset {cfg.DATASET.NAME} has neither training nor test images")
+        loader_cfg = cfg.DATALOADER
+        # Each training loader gets its own seed stream so adding one never shifts another's order.
+        seed = cfg.SEED
+
+        self.train_loader_x = None
+        if dataset.train_x:
+            self.train_loader_x = build_data_loader(
+                cfg, loader_cfg.TRAIN_X.SAMPLER, dataset.train_x, loader_cfg.TRAIN_X.BATCH_SIZE,
+                loader_cfg.TRAIN_X.N_DOMAIN, tfm_train, True, dataset_wrapper, seed=seed)
+
+        self.train_loader_u = None
+        if dataset.train_u:
+            u_cfg = loader_cfg.TRAIN_X if loader_cfg.TRAIN_U.SAME_AS_X else loader_cfg.TRAIN_U
+            # The unlabelled pool is one domain: a domain sampler makes no sense for it.
+            sampler_u = "RandomSampler" if u_cfg.SAMPLER == "RandomDomainSampler" else u_cfg.SAMPLER
+            self.train_loader_u = build_data_loader(
+                cfg, sampler_u, dataset.train_u, u_cfg.BATCH_SIZE, u_cfg.N_DOMAIN, tfm_train, True,
+                dataset_wrapper, seed=seed + 1 if seed >= 0 else seed)
+
+        self.val_loader = None
+        if dataset.val:
+            self.val_loader = build_data_loader(
+                cfg, loader_cfg.TEST.SAMPLER, dataset.val, loader_cfg.TEST.BATCH_SIZE, tfm=tfm_test,
+                is_train=False, dataset_wrapper=dataset_wrapper, seed=seed)
+
+        self.test_loader = build_data_loader(
+            cfg, loader_cfg.TEST.SAMPLER, dataset.test or [], loader_cfg.TEST.BATCH_SIZE, tfm=tfm_test,
+            is_train=False, dataset_wrapper=dataset_wrapper, seed=seed)
+
+        self._num_classes = dataset.num_classes
+        self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
+        self._lab2cname = dataset.lab2cname
+        self.dataset = dataset
+        self.tfm_train = tfm_train
+        self.tfm_test = tfm_test
+        if cfg.VERBOSE:
+            self.show_dataset_summary(cfg)
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def num_source_domains(self) -> int:
+        return self._num_source_domains
+
+    @property
+    def lab2cname(self) -> dict[int, str]:
+        return self._lab2cname
+
+    def show_dataset_summary(self, cfg) -> None:
+        rows = [["Dataset", cfg.DATASET.NAME],
+                ["Source", ", ".join(cfg.DATASET.SOURCE_DOMAINS)],
+                ["Target", ", ".join(cfg.DATASET.TARGET_DOMAINS)],
+                ["# classes", f"{self.num_classes:,}"],
+                ["# train_x", f"{len(self.dataset.train_x or []):,}"]]
+        if self.dataset.train_u:
+            rows.append(["# train_u", f"{len(self.dataset.train_u):,}"])
+        if self.dataset.val:
+            rows.append(["# val", f"{len(self.dataset.val):,}"])
+        rows.append(["# test", f"{len(self.dataset.test or []):,}"])
+        logger.info("\n" + tabulate(rows, tablefmt="simple"))

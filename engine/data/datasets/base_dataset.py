@@ -1,0 +1,82 @@
+"""``Datum`` and ``DatasetBase`` with Dassl's attributes (``train_x, train_u, val, test...``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.registry import Registry
+
+DATASET_REGISTRY = Registry("DATASET")
+
+
+@dataclass(frozen=True)
+class Datum:
+    """One image: its path, label, domain index and class name.
+
+    Unlabelled items (the target training pool) carry ``label = -1`` and ``classname = ""``: their
+    true labels never enter a batch, so no training step can read them.
+    """
+
+    impath: str
+    label: int = 0
+    domain: int = 0
+    classname: str = ""
+
+
+class DatasetBase:
+    """A dataset split into labelled sources (``train_x``), an unlabelled pool (``train_u``),
+    an optional ``val`` split and a ``test`` split.
+
+    Subclasses build lists of :class:`Datum` and call ``super().__init__``. ``num_classes``,
+    ``lab2cname`` and ``classnames`` describe the classes a model is trained on (the seen classes
+    in open-set work) and are derived from ``train_x`` unless a subclass passes them.
+    """
+
+    dataset_dir = ""
+    domains: list[str] = []
+
+    def __init__(self, train_x: list[Datum] | None = None, train_u: list[Datum] | None = None,
+                 val: list[Datum] | None = None, test: list[Datum] | None = None,
+                 lab2cname: dict[int, str] | None = None) -> None:
+        self._train_x = train_x
+        self._train_u = train_u
+        self._val = val
+        self._test = test
+        if lab2cname is None:
+            lab2cname = {item.label: item.classname for item in (train_x or [])}
+            lab2cname = dict(sorted(lab2cname.items()))
+        self._lab2cname = lab2cname
+        self._classnames = [lab2cname[k] for k in sorted(lab2cname)]
+        self._num_classes = len(lab2cname)
+
+    @property
+    def train_x(self) -> list[Datum] | None:
+        return self._train_x
+
+    @property
+    def train_u(self) -> list[Datum] | None:
+        return self._train_u
+
+    @property
+    def val(self) -> list[Datum] | None:
+        return self._val
+
+    @property
+    def test(self) -> list[Datum] | None:
+        return self._test
+
+    @property
+    def lab2cname(self) -> dict[int, str]:
+        return self._lab2cname
+
+    @property
+    def classnames(self) -> list[str]:
+        return self._classnames
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+
+def build_dataset(cfg) -> DatasetBase:
+    """Instantiate the dataset registered under ``cfg.DATASET.NAME``."""
+    return DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)

@@ -1,0 +1,94 @@
+"""Image transforms by Dassl's names (``INPUT.TRANSFORMS``).
+
+Train-time choices: ``random_resized_crop, random_crop, center_crop, random_flip, colorjitter,
+randomgrayscale, gaussian_blur, gaussian_noise, normalize``. Test time always resizes the short side
+to ``max(INPUT.SIZE)`` and centre-crops, then applies ``normalize`` if chosen (as Dassl does).
+
+One deviation from Dassl, on purpose: ``random_crop`` resizes to ``INPUT.SIZE`` first. Dassl crops
+the raw image, which only works when every image already has the input size; FER datasets mix
+48 px (FERPlus), 100 px (RAF-DB) and larger images.
+"""
+from __future__ import annotations
+
+import torch
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from engine.utils.errors import UserError
+
+AVAILABLE_TRANSFORMS = (
+    "random_resized_crop", "random_crop", "center_crop", "random_flip", "colorjitter",
+    "randomgrayscale", "gaussian_blur", "gaussian_noise", "normalize",
+)
+
+INTERPOLATION_MODES = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+class GaussianNoise:
+    """Add N(mean, std) noise to a [0, 1] tensor image and clamp back to [0, 1]."""
+
+    def __init__(self, mean: float = 0.0, std: float = 0.15) -> None:
+        self.mean, self.std = mean, std
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        return (img + torch.randn_like(img) * self.std + self.mean).clamp_(0, 1)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(mean={self.mean}, std={self.std})"
+
+
+def _check(cfg, choices) -> None:
+    unknown = [c for c in choices if c not in AVAILABLE_TRANSFORMS]
+    if unknown:
+        raise UserError(f"unknown transform(s) {', '.join(unknown)} in INPUT.TRANSFORMS; "
+                        f"available: {', '.join(AVAILABLE_TRANSFORMS)}")
+    if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
+        raise UserError(f"INPUT.INTERPOLATION must be one of {', '.join(INTERPOLATION_MODES)}, "
+                        f"got '{cfg.INPUT.INTERPOLATION}'")
+
+
+def build_transform(cfg, is_train: bool = True, choices: list[str] | tuple[str, ...] | None = None):
+    """Compose the train or test transform; ``None`` when ``INPUT.NO_TRANSFORM``."""
+    if cfg.INPUT.NO_TRANSFORM:
+        return None
+    choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
+    _check(cfg, choices)
+    size = tuple(cfg.INPUT.SIZE)
+    interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
+    normalize = T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
+    tfms = [_to_rgb]
+    if is_train:
+        if "random_resized_crop" in choices:
+            tfms.append(T.RandomResizedCrop(size, scale=tuple(cfg.INPUT.RRCROP_SCALE), interpolation=interp))
+        else:
+            tfms.append(T.Resize(size, interpolation=interp))
+            if "random_crop" in choices:
+                tfms.append(T.RandomCrop(size, padding=cfg.INPUT.CROP_PADDING))
+        if "center_crop" in choices:
+            tfms.append(T.CenterCrop(size))
+        if "random_flip" in choices:
+            tfms.append(T.RandomHorizontalFlip())
+        if "colorjitter" in choices:
+            tfms.append(T.ColorJitter(brightness=cfg.INPUT.COLORJITTER_B, contrast=cfg.INPUT.COLORJITTER_C,
+                                      saturation=cfg.INPUT.COLORJITTER_S, hue=cfg.INPUT.COLORJITTER_H))
+        if "randomgrayscale" in choices:
+            tfms.append(T.RandomGrayscale(p=cfg.INPUT.RGS_P))
+        if "gaussian_blur" in choices:
+            tfms.append(T.RandomApply([T.GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P))
+        tfms.append(T.ToTensor())
+        if "gaussian_noise" in choices:
+            tfms.append(GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD))
+    else:
+        tfms += [T.Resize(max(size), interpolation=interp), T.CenterCrop(size), T.ToTensor()]
+    if "normalize" in choices:
+        tfms.append(normalize)
+    return T.Compose(tfms)
+
+
+def _to_rgb(img):
+    # Grey (FERPlus) and palette images become 3-channel, as CLIP expects.
+    return img if img.mode == "RGB" else img.convert("RGB")

@@ -1,0 +1,88 @@
+"""Evaluators (Dassl's ``EVALUATOR_REGISTRY``). ``OpenSet`` computes every metric of
+``engine.evaluation.metrics`` from per-sample seen-class probabilities.
+
+Label convention of open-set test sets: seen samples carry their seen-class index ``0..K-1``;
+samples of unseen classes carry any label ``>= K`` (MOFER uses ``K``).
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from engine.evaluation.metrics import open_set_metrics
+from engine.registry import Registry
+
+EVALUATOR_REGISTRY = Registry("EVALUATOR")
+logger = logging.getLogger(__name__)
+
+
+class EvaluatorBase:
+    """``reset()``, then ``process(output, label)`` per batch, then ``evaluate()``."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def process(self, mo: torch.Tensor, gt: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def evaluate(self) -> "OrderedDict[str, float]":
+        raise NotImplementedError
+
+
+@EVALUATOR_REGISTRY.register()
+class OpenSet(EvaluatorBase):
+    """Open-set metrics of one run (one target, one set of unseen classes), in percent.
+
+    ``process`` takes seen-class *probabilities* (rows summing to one) and labels, and optionally an
+    explicit unseen mask (default: ``label >= K``). ``evaluate`` returns ``auc_u`` first (the value
+    ``test()`` reports, as Dassl returns the first metric), then ``acc_s``, the rest, and the recall of
+    each seen class as ``acc_<classname>``.
+    """
+
+    def __init__(self, cfg, lab2cname: dict[int, str] | None = None, **kwargs) -> None:
+        super().__init__(cfg)
+        self.lab2cname = lab2cname or {}
+        self.num_thresholds = cfg.TEST.NUM_THRESHOLDS
+        self.reset()
+
+    def reset(self) -> None:
+        self._probs: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._unseen: list[np.ndarray] = []
+
+    def process(self, mo: torch.Tensor, gt: torch.Tensor, unseen: torch.Tensor | None = None) -> None:
+        probs = mo.detach().float().cpu().numpy()
+        labels = gt.detach().cpu().numpy().astype(np.int64)
+        if unseen is None:
+            unseen_np = labels >= probs.shape[1]
+        else:
+            unseen_np = unseen.detach().cpu().numpy().astype(bool)
+        self._probs.append(probs)
+        self._labels.append(labels)
+        self._unseen.append(unseen_np)
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The accumulated ``(probs, labels, unseen)``."""
+        return np.concatenate(self._probs), np.concatenate(self._labels), np.concatenate(self._unseen)
+
+    def evaluate(self) -> "OrderedDict[str, float]":
+        probs, labels, unseen = self.arrays
+        raw = open_set_metrics(probs, labels, unseen, self.num_thresholds)
+        results: OrderedDict[str, float] = OrderedDict()
+        for key, value in raw.items():
+            if key.startswith("acc_class_"):
+                k = int(key[len("acc_class_"):])
+                key = f"acc_{self.lab2cname.get(k, k)}"
+            results[key] = value
+        return results
+
+
+def build_evaluator(cfg, **kwargs) -> EvaluatorBase:
+    return EVALUATOR_REGISTRY.get(cfg.TEST.EVALUATOR)(cfg, **kwargs)

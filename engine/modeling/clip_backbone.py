@@ -1,0 +1,155 @@
+"""The CLIP backbone every CLIP trainer shares.
+
+``MODEL.BACKBONE.NAME`` is one of:
+
+- an OpenAI model name (``ViT-B/32``...): read from ``MODEL.BACKBONE.DOWNLOAD_ROOT`` (default
+  ``~/.cache/clip``, as ``clip.load``), downloaded there by ``clip``'s own downloader (SHA256
+  checked) when missing and the network is up;
+- a path to a local checkpoint file (a downloaded ``ViT-B-32.pt``, or a state dict saved with
+  ``torch.save``), for offline machines. Names and paths go through the same file loader
+  (:func:`load_clip_file`);
+- ``tiny``: CLIP's own architecture (ViT image encoder, transformer text encoder, the same BPE
+  tokenizer and 77-token context) at small widths with random weights, for tests and CPU demos.
+  Its logit scale is set to 100, the value of the trained OpenAI models, so the losses see the
+  same temperature as with real weights.
+
+The model is always returned in fp32 on the CPU (``clip.load`` gives fp16 on CUDA, which AdamW
+cannot fine-tune); trainers move it to their device and use autocast for speed.
+"""
+from __future__ import annotations
+
+import math
+import os
+import urllib.error
+import warnings
+
+import torch
+
+from engine.utils.errors import UserError
+
+with warnings.catch_warnings():
+    # openai-clip imports pkg_resources, which warns about its own deprecation on import.
+    warnings.simplefilter("ignore")
+    import clip
+    from clip.model import CLIP, build_model
+
+TINY = "tiny"
+# Widths are multiples of 64 because clip.model.build_model derives head counts as width // 64.
+TINY_CLIP_ARCH = dict(
+    embed_dim=64,
+    image_resolution=32,
+    vision_layers=3,
+    vision_width=128,
+    vision_patch_size=4,
+    context_length=77,
+    vocab_size=49408,
+    transformer_width=64,
+    transformer_heads=1,
+    transformer_layers=2,
+)
+TRAINED_LOGIT_SCALE = 100.0
+
+
+def build_tiny_clip(seed: int | None = None) -> CLIP:
+    """A randomly initialised CLIP with :data:`TINY_CLIP_ARCH` (fp32, eval mode)."""
+    gen_state = torch.get_rng_state()
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        model = CLIP(**TINY_CLIP_ARCH)
+    finally:
+        if seed is not None:
+            torch.set_rng_state(gen_state)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(TRAINED_LOGIT_SCALE))
+    return model.float().eval()
+
+
+def save_tiny_clip(path: str, seed: int = 0, torchscript: bool = False) -> str:
+    """Write a tiny CLIP to ``path``: a state dict, or (``torchscript``) a traced TorchScript archive
+    like OpenAI's released files. ``load_clip(path)`` reads either as it reads ``ViT-B-32.pt``."""
+    model = build_tiny_clip(seed)
+    if torchscript:
+        res = TINY_CLIP_ARCH["image_resolution"]
+        example = (torch.zeros(1, 3, res, res), clip.tokenize(["a face"]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.trace(model, example, check_trace=False), path)
+    else:
+        torch.save(model.state_dict(), path)
+    return path
+
+
+def load_clip(name: str, download_root: str | None = None) -> CLIP:
+    """Load the CLIP model named by ``MODEL.BACKBONE.NAME`` (see module docstring), fp32 on CPU."""
+    if name == TINY:
+        return build_tiny_clip()
+    if name in clip.available_models():
+        root = download_root or os.path.expanduser("~/.cache/clip")
+        try:
+            path = clip.clip._download(clip.clip._MODELS[name], root)  # checks the SHA256, reuses the cache
+        except (urllib.error.URLError, OSError, ConnectionError) as e:
+            raise UserError(f"cannot get CLIP {name}: not in {root} and the download failed ({e}); "
+                            f"copy {name.replace('/', '-')}.pt there or set MODEL.BACKBONE.NAME to its path") from None
+        return load_clip_file(path)
+    if not os.path.exists(name):
+        raise UserError(f"CLIP weights file not found: {name} (MODEL.BACKBONE.NAME must be a path to a CLIP "
+                        f"checkpoint, 'tiny', or one of {', '.join(clip.available_models())})")
+    if not os.path.isfile(name):
+        raise UserError(f"MODEL.BACKBONE.NAME {name} is a folder; expected a CLIP checkpoint file (.pt)")
+    return load_clip_file(name)
+
+
+def load_clip_file(path: str) -> CLIP:
+    """Build CLIP from a checkpoint file: OpenAI's TorchScript archives (what ``clip.load`` downloads)
+    or a plain state dict. This is ``clip.load(path, jit=False)`` with one fix: ``clip.load`` does not
+    rewind the file after the TorchScript attempt, so state-dict files fail under recent torch."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # torch.jit.load warns that TorchScript is deprecated
+                    state_dict = torch.jit.load(f, map_location="cpu").state_dict()
+            except RuntimeError:
+                f.seek(0)
+                state_dict = torch.load(f, map_location="cpu", weights_only=True)
+        state_dict = dict(state_dict)
+        model = build_model(state_dict).float()  # build_model also drops non-weight entries from the dict
+        # build_model rounds weights through fp16; reload them as saved (fp32 checkpoints stay exact)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    except Exception as e:  # a damaged file raises many types; all mean the same to a user
+        raise UserError(f"cannot load CLIP weights from {path}: not a readable CLIP checkpoint "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
+    return model.float().eval()
+
+
+def input_resolution(model: CLIP) -> int:
+    return int(model.visual.input_resolution)
+
+
+def check_input_size(cfg, model: CLIP) -> None:
+    """CLIP's positional embeddings fix the input size: INPUT.SIZE must match it."""
+    res = input_resolution(model)
+    if tuple(cfg.INPUT.SIZE) != (res, res):
+        raise UserError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone "
+                        f"{cfg.MODEL.BACKBONE.NAME}, which takes {res}x{res} images; set INPUT.SIZE ({res}, {res})")
+
+
+def tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
+    """CLIP's BPE tokenizer; a text longer than the context window is a UserError (never cut)."""
+    try:
+        return clip.tokenize(texts, context_length=context_length)
+    except RuntimeError as e:
+        raise UserError(f"prompt too long for CLIP's {context_length}-token context: {e}") from None
+
+
+def token_length(text: str) -> int:
+    """Number of BPE tokens of ``text`` (without the start and end tokens)."""
+    return len(clip.clip._tokenizer.encode(text))
+
+
+def build_clip_for(cfg, device: torch.device | str) -> CLIP:
+    """Load ``MODEL.BACKBONE.NAME``, check it fits ``INPUT.SIZE`` and move it to ``device`` (fp32)."""
+    model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT or None)
+    check_input_size(cfg, model)
+    return model.to(device)

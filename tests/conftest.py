@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny CLIP checkpoint file and miniature synthetic domains, built once per
+session in a temporary folder. Tests run on the GPU when one is present (the engine picks it)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import datasets  # noqa: E402,F401  (registers datasets and readers)
+import trainers  # noqa: E402,F401  (registers trainers)
+from engine.config import extend_cfg, get_cfg_default, merge_from_list  # noqa: E402
+
+SYNTH_SOURCES = ["synth_color", "synth_gray", "synth_lab"]
+SYNTH_TARGET = "synth_wild"
+# Small enough for seconds per epoch on two CPU cores
+SYNTH_OPTS = ["DATASET.SYNTHETIC.N_TRAIN_PER_CLASS", "8", "DATASET.SYNTHETIC.N_TEST_PER_CLASS", "4",
+              "DATASET.SYNTHETIC.SIZE", "32"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> str:
+    from datasets import synthetic
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    synthetic.ensure_domains(root, SYNTH_SOURCES + [SYNTH_TARGET], n_train_per_class=8, n_test_per_class=4,
+                             size=32, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_file(tmp_path_factory) -> str:
+    from engine.modeling.clip_backbone import save_tiny_clip
+
+    return save_tiny_clip(str(tmp_path_factory.mktemp("clip") / "tiny-clip.pt"), seed=0)
+
+
+def make_cfg(root: str, output_dir: str, *opts: str, trainer: str = "ZSCLIP", unseen: str = "fear"):
+    """A frozen MOFER config on the synthetic test domains with the tiny backbone."""
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    merge_from_list(cfg, [
+        "DATASET.NAME", "MOFER", "DATASET.ROOT", root, "OUTPUT_DIR", output_dir,
+        "DATASET.SOURCE_DOMAINS", ",".join(SYNTH_SOURCES), "DATASET.TARGET_DOMAINS", SYNTH_TARGET,
+        "DATASET.UNSEEN_CLASSES", unseen, "TRAINER.NAME", trainer, "MODEL.BACKBONE.NAME", "tiny",
+        "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TRAIN_X.BATCH_SIZE", "24",
+        "DATALOADER.TEST.BATCH_SIZE", "64", "VERBOSE", "False", *SYNTH_OPTS, *opts,
+    ])
+    cfg.freeze()
+    return cfg
