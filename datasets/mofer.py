@@ -87,15 +87,17 @@ class MOFER(DatasetBase):
 
         train_x = []
         for m, name in enumerate(sources):
-            items = [Datum(p, to_seen[lab], m, CANONICAL_CLASSES[lab]) for p, lab in splits[name].train if lab in to_seen]
+            items = [Datum(it.impath, to_seen[it.label], m, CANONICAL_CLASSES[it.label], it.crop)
+                     for it in splits[name].train if it.label in to_seen]
             if not items:
                 raise UserError(f"source domain '{name}' has no training images of the seen classes")
             train_x += items
         t = splits[target]
         m_t = len(sources)
-        train_u = [Datum(p, -1, m_t, "") for p, _ in t.train]
-        self.target_train_labels = [lab for _, lab in t.train]  # diagnostics only, never batched
-        test = [Datum(p, to_seen.get(lab, unseen_label), m_t, CANONICAL_CLASSES[lab]) for p, lab in t.test]
+        train_u = [Datum(it.impath, -1, m_t, "", it.crop) for it in t.train]
+        self.target_train_labels = [it.label for it in t.train]  # diagnostics only, never batched
+        test = [Datum(it.impath, to_seen.get(it.label, unseen_label), m_t, CANONICAL_CLASSES[it.label], it.crop)
+                for it in t.test]
         if not test:
             raise UserError(f"target domain '{target}' has no test images")
         if not train_u:
@@ -103,9 +105,9 @@ class MOFER(DatasetBase):
                            "have no unlabelled pool", target)
 
         self.split_counts = {
-            "sources": {name: _counts([lab for _, lab in splits[name].train if lab in to_seen]) for name in sources},
+            "sources": {name: _counts([it.label for it in splits[name].train if it.label in to_seen]) for name in sources},
             "target_train": _counts(self.target_train_labels),
-            "target_test": _counts([lab for _, lab in t.test]),
+            "target_test": _counts([it.label for it in t.test]),
         }
         super().__init__(train_x=train_x, train_u=train_u, test=test,
                          lab2cname={i: c for i, c in enumerate(self.seen_classnames)})

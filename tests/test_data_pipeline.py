@@ -112,3 +112,20 @@ def test_random_flip_flips_about_half_the_time():
 def test_unknown_transform_is_a_user_error():
     with pytest.raises(UserError, match="unknown transform.*random_flipp"):
         build_transform(_cfg(TRANSFORMS=["random_flipp"]), is_train=True)
+
+
+def test_dataset_wrapper_crops_the_face_box_and_reports_unreadable_images(tmp_path):
+    from engine.data import DatasetWrapper
+
+    arr = np.zeros((40, 60, 3), dtype=np.uint8)
+    arr[10:30, 20:40] = 255  # the "face"
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    cfg = _cfg(TRANSFORMS=[])
+    items = [Datum(str(tmp_path / "a.png"), 1, 0, "fear", crop=(20, 10, 40, 30)), Datum(str(tmp_path / "bad.png"))]
+    wrapper = DatasetWrapper(cfg, items, transform=build_transform(cfg, is_train=False))
+    out = wrapper[0]
+    assert out["img"].shape == (3, 32, 32) and out["img"].min().item() == pytest.approx(1.0)  # only the box
+    assert out["label"] == 1 and out["index"] == 0
+    with pytest.raises(UserError, match="cannot read image .*bad.png"):
+        wrapper[1]

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import os.path as osp
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from engine.registry import Registry
 from engine.utils.errors import UserError
 
 DOMAIN_REGISTRY = Registry("DOMAIN READER")
 
-# (image path, canonical class index)
-Item = tuple[str, int]
+class Item(NamedTuple):
+    """One labelled image of a domain: its path, canonical class index and optional face box
+    ``(left, upper, right, lower)`` in pixels, cropped when the image is read (AffectNet's lists)."""
+
+    impath: str
+    label: int
+    crop: tuple[int, int, int, int] | None = None
 
 
 @dataclass

@@ -44,7 +44,7 @@ def read_class_folders(folder: str) -> list[Item]:
             raise UserError(f"unknown class folder {path}: expected folders named after the expressions "
                             f"({', '.join(CANONICAL_CLASSES)}, or aliases such as happy, sad, angry)")
         label = CANONICAL_CLASSES.index(canonical)
-        items += [(p, label) for p in _list_images(path)]
+        items += [Item(p, label) for p in _list_images(path)]
     return items
 
 
@@ -52,8 +52,8 @@ def seeded_split(items: list[Item], test_fraction: float, seed: int) -> tuple[li
     """Per-class random split: ``round(n * test_fraction)`` test images of each class."""
     rng = np.random.default_rng(seed)
     train, test = [], []
-    for label in sorted({lab for _, lab in items}):
-        group = [it for it in items if it[1] == label]
+    for label in sorted({it.label for it in items}):
+        group = [it for it in items if it.label == label]
         order = rng.permutation(len(group))
         n_test = int(round(len(group) * test_fraction))
         test += [group[i] for i in sorted(order[:n_test])]

@@ -21,12 +21,12 @@ from engine.utils.errors import UserError
 logger = logging.getLogger(__name__)
 
 
-def read_image(path: str) -> Image.Image:
-    """Open an image file fully (so a truncated file fails here, with its name)."""
+def read_image(path: str, crop: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """Open an image file fully (so a truncated file fails here, with its name), optionally cropped."""
     try:
         with Image.open(path) as img:
             img.load()
-            return img.copy()
+            return img.crop(crop) if crop is not None else img.copy()
     except FileNotFoundError:
         raise UserError(f"image not found: {path}") from None
     except OSError as e:
@@ -51,7 +51,7 @@ class DatasetWrapper(Dataset):
     def __getitem__(self, idx: int) -> dict:
         item = self.data_source[idx]
         output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
-        img0 = read_image(item.impath)
+        img0 = read_image(item.impath, item.crop)
         if self.transform is None:
             output["img"] = self.to_tensor(img0)
         elif self.k_tfm > 1:

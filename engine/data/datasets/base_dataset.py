@@ -10,9 +10,10 @@ DATASET_REGISTRY = Registry("DATASET")
 
 @dataclass(frozen=True)
 class Datum:
-    """One image: its path, label, domain index and class name.
+    """One image: its path, label, domain index, class name and an optional crop box.
 
-    Unlabelled items (the target training pool) carry ``label = -1`` and ``classname = ""``: their
+    ``crop`` (``(left, upper, right, lower)`` pixels, or None) is applied when the image is read, for
+    datasets that ship face boxes rather than face crops. Unlabelled items (the target training pool) carry ``label = -1`` and ``classname = ""``: their
     true labels never enter a batch, so no training step can read them.
     """
 
@@ -20,6 +21,7 @@ class Datum:
     label: int = 0
     domain: int = 0
     classname: str = ""
+    crop: tuple[int, int, int, int] | None = None
 
 
 class DatasetBase:
