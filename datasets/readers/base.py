@@ -3,6 +3,14 @@
 A reader is registered under the domain name users write in ``DATASET.SOURCE_DOMAINS`` /
 ``TARGET_DOMAINS``. A name no reader claims falls back to the generic folder reader when
 ``<DATASET.ROOT>/<name>`` is a folder, so users can add their own data without code.
+
+A domain lives at ``<DATASET.ROOT>/<name>``. A reader may declare its own config node
+``DATASET.<NAME>`` (upper-cased domain name) in a config hook; when that node has a non-empty ``DIR``
+the domain is read from there instead (``DATASET.RAFDB.DIR /data/RAF-DB``).
+
+General keys every reader of listed files honours: ``DATASET.SKIP_MISSING_IMAGES`` (skip images a
+label file lists but the disk lacks, with a warning, rather than stop) and ``DATASET.VERIFY_IMAGES``
+(decode every image once up front, with a progress bar, so a truncated file is found before training).
 """
 from __future__ import annotations
 
@@ -10,10 +18,21 @@ import os.path as osp
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from engine.config import CfgNode, register_config_hook
 from engine.registry import Registry
 from engine.utils.errors import UserError
 
 DOMAIN_REGISTRY = Registry("DOMAIN READER")
+
+
+@register_config_hook
+def add_reader_config(cfg: CfgNode) -> None:
+    # Images a label file lists but the disk lacks: False = stop with an error naming them,
+    # True = skip them with a warning (with VERIFY_IMAGES, undecodable images are skipped too)
+    cfg.DATASET.SKIP_MISSING_IMAGES = False
+    # Decode every listed image once when the domain is read (slow on large sets; try it with --no-train)
+    cfg.DATASET.VERIFY_IMAGES = False
+
 
 class Item(NamedTuple):
     """One labelled image of a domain: its path, canonical class index and optional face box
@@ -42,8 +61,16 @@ class DomainReader:
         self.root = root
 
     @property
+    def options(self) -> CfgNode | None:
+        """The reader's own config node ``DATASET.<NAME>``, or None when it declares none."""
+        node = self.cfg.DATASET.get(self.name.upper())
+        return node if isinstance(node, CfgNode) else None
+
+    @property
     def domain_dir(self) -> str:
-        return osp.join(self.root, self.name)
+        """``DATASET.<NAME>.DIR`` when the reader declares it and it is set, else ``<root>/<name>``."""
+        override = self.options.get("DIR", "") if self.options is not None else ""
+        return osp.expanduser(override) if override else osp.join(self.root, self.name)
 
     def read(self) -> DomainSplits:
         raise NotImplementedError
