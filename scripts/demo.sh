@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The demo: synthetic MO-FER domains (generated under $DATA the first time), the tiny CLIP backbone,
-# CPU only, no network. Prints each method's open-set results table.
+# CPU only, no network. Prints each method's open-set results table. The tiny backbone has random
+# weights: the demo shows the pipeline end to end, not the paper's numbers (those need ViT-B/32).
 #   bash scripts/demo.sh            # data in ./data, outputs in ./output/demo
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${DATA:-data}"
 OUT="${OUT:-output/demo}"
 SEED="${SEED:-1}"
-export TQDM_DISABLE="${TQDM_DISABLE:-}"
 
 run() {  # run TRAINER CONFIG
   local trainer="$1" config="$2"
@@ -18,3 +18,4 @@ run() {  # run TRAINER CONFIG
 }
 
 run ZSCLIP configs/trainers/ZSCLIP/tiny.yaml
+run PromptEmo configs/trainers/PromptEmo/tiny.yaml

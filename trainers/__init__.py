@@ -1,2 +1,3 @@
 """Trainers: importing this package registers them (one import line per trainer)."""
+from trainers import promptemo  # noqa: F401
 from trainers import zsclip  # noqa: F401

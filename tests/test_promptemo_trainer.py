@@ -1,0 +1,156 @@
+"""The PromptEmo trainer on the synthetic test domains with the tiny backbone: gradients go where the
+paper says, target labels cannot influence training, ablations are configs, it runs end to end."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import ROOT, make_cfg
+from engine.config import extend_cfg, get_cfg_default, merge_from_file
+from engine.trainer import build_trainer
+from engine.utils.errors import UserError
+from trainers.promptemo import load_descriptions
+
+TINY = ["TRAINER.PROMPTEMO.PROMPT_LR", "0.001", "OPTIM.NAME", "adamw", "OPTIM.LR", "0.002",
+        "OPTIM.LR_SCHEDULER", "multi_step", "OPTIM.STEPSIZE", "(5,)", "DATALOADER.TRAIN_X.SAMPLER",
+        "RandomDomainSampler", "SEED", "0", "TRAIN.PRINT_FREQ", "2"]
+
+
+def _trainer(root, out, *opts):
+    return build_trainer(make_cfg(root, out, *TINY, *opts, trainer="PromptEmo"))
+
+
+def _one_step(trainer):
+    trainer.set_model_mode("train")
+    batch_x, batch_u = next(iter(trainer.train_loader_x)), next(iter(trainer.train_loader_u))
+    return trainer.forward_backward(batch_x, batch_u)
+
+
+def test_gradients_reach_prompts_and_image_encoder_only(synthetic_root, tmp_path):
+    t = _trainer(synthetic_root, str(tmp_path))
+    neg_before = t.neg_features.clone()
+    text_before = {n: p.clone() for n, p in t.text_encoder.named_parameters()}
+    ctx_before = t.model.prompt_learner.ctx.detach().clone()
+    losses = _one_step(t)
+    assert set(losses) >= {"loss_ps", "loss_ns", "loss_pt", "loss_nt", "loss_ess", "loss_lda", "pseudo_share_p",
+                           "pseudo_share_n"}
+    assert all(p.grad is None for p in t.text_encoder.parameters())  # frozen text encoder
+    assert all(torch.equal(p, text_before[n]) for n, p in t.text_encoder.named_parameters())
+    assert not t.neg_features.requires_grad and torch.equal(t.neg_features, neg_before)  # h_N fixed
+    assert isinstance(t.logit_scale, float)  # a constant, not a parameter
+    ctx = t.model.prompt_learner.ctx
+    assert ctx.grad is not None and ctx.grad.abs().sum() > 0 and not torch.equal(ctx.detach(), ctx_before)
+    visual_grads = [p.grad for p in t.model.image_encoder.parameters()]
+    assert all(g is not None for g in visual_grads) and sum(g.abs().sum() for g in visual_grads) > 0
+    # two parameter groups with the paper's two learning rates
+    assert [g["lr"] for g in t.optim.param_groups] == pytest.approx([2e-3, 1e-3])
+    assert t.cfg.TRAINER.PROMPTEMO.N_CTX == 8 and ctx.shape[:2] == (6, 8)  # delta_k per seen class
+
+
+def test_ess_gradient_only_moves_the_prompt_vectors(synthetic_root, tmp_path):
+    from trainers.promptemo_losses import ess_loss
+
+    t = _trainer(synthetic_root, str(tmp_path))
+    t.model.zero_grad()
+    ess_loss(t.positive_features(), t.neg_features).backward()
+    assert t.model.prompt_learner.ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for p in t.model.image_encoder.parameters())
+
+
+def _shuffle_target_labels(monkeypatch):
+    """Give every target training image a wrong label, keeping paths and order."""
+    import datasets.mofer as mofer
+
+    real = mofer.build_domain_reader
+
+    class Shuffled:
+        def __init__(self, reader):
+            self.reader = reader
+
+        def read(self):
+            splits = self.reader.read()
+            if self.reader.name == "synth_wild":
+                splits.train = [it._replace(label=(it.label + 3) % 7) for it in splits.train]
+            return splits
+
+    monkeypatch.setattr(mofer, "build_domain_reader", lambda cfg, name: Shuffled(real(cfg, name)))
+
+
+def test_target_labels_never_reach_training(synthetic_root, tmp_path, monkeypatch):
+    a = _trainer(synthetic_root, str(tmp_path / "a"), "OPTIM.MAX_EPOCH", "1")
+    a.train()
+    _shuffle_target_labels(monkeypatch)
+    b = _trainer(synthetic_root, str(tmp_path / "b"), "OPTIM.MAX_EPOCH", "1")
+    assert b.dm.dataset.target_train_labels != a.dm.dataset.target_train_labels  # the shuffle took effect
+    b.train()
+    for (name, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(pa, pb), name
+
+
+def test_trains_end_to_end_and_writes_results(synthetic_root, tmp_path):
+    out = tmp_path / "run"
+    t = _trainer(synthetic_root, str(out), "OPTIM.MAX_EPOCH", "2", "TRAIN.CHECKPOINT_FREQ", "1")
+    t.train()
+    results = json.load(open(out / "results.json"))
+    assert results["trainer"] == "PromptEmo" and results["epochs_trained"] == 2
+    assert 0 <= results["metrics"]["auc_u"] <= 100
+    # checkpoints hold the image encoder and delta_k, not the frozen text encoder
+    ckpt = torch.load(out / "model" / "model.pth.tar-2", weights_only=True)
+    keys = list(ckpt["state_dict"])
+    assert "prompt_learner.ctx" in keys and any(k.startswith("image_encoder.") for k in keys)
+    assert not any("transformer.resblocks" in k and not k.startswith("image_encoder") for k in keys)
+    assert sorted(os.path.basename(p) for p in glob.glob(str(out / "model" / "model.pth.tar-*"))) == [
+        "model.pth.tar-1", "model.pth.tar-2"]
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    logged = [r for r in records if "train/loss_ps" in r]
+    assert logged and all({"train/loss_ns", "train/loss_pt", "train/loss_nt", "train/loss_ess", "train/loss_lda",
+                           "train/pseudo_share_p", "train/pseudo_share_n"} <= set(r) for r in logged)
+    # inference gives probabilities averaged over the two branches
+    images = next(iter(t.test_loader))["img"][:4].to(t.device)
+    probs = t.model_inference(images)
+    assert torch.allclose(probs.sum(-1), torch.ones(4, device=probs.device), atol=1e-5)
+
+
+ABLATIONS = sorted(glob.glob(os.path.join(ROOT, "configs", "trainers", "PromptEmo", "ablations", "*.yaml")))
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=[os.path.basename(p) for p in ABLATIONS])
+def test_every_ablation_is_a_config_that_trains(synthetic_root, tmp_path, path):
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    merge_from_file(cfg, path)
+    c = cfg.TRAINER.PROMPTEMO
+    switches = (c.POS_PROMPT, c.USE_NEG, c.USE_TARGET, c.USE_ESS, c.USE_LDA)
+    t = _trainer(synthetic_root, str(tmp_path), "TRAINER.PROMPTEMO.POS_PROMPT", c.POS_PROMPT,
+                 "TRAINER.PROMPTEMO.USE_NEG", str(c.USE_NEG), "TRAINER.PROMPTEMO.USE_TARGET", str(c.USE_TARGET),
+                 "TRAINER.PROMPTEMO.USE_ESS", str(c.USE_ESS), "TRAINER.PROMPTEMO.USE_LDA", str(c.USE_LDA))
+    losses = _one_step(t)
+    assert (losses["loss_ns"] != 0) == c.USE_NEG
+    assert (losses["loss_lda"] != 0) == c.USE_LDA
+    assert (losses["loss_ess"] != 0) == c.USE_ESS
+    assert (t.model.prompt_learner.ctx is not None) == (c.POS_PROMPT == "D"), switches
+    assert torch.isfinite(losses["loss"])
+
+
+def test_descriptions_file_checks(tmp_path):
+    shipped = load_descriptions("configs/descriptions/facs.json", ["surprise", "neutral"])
+    assert shipped[0].startswith("a face with eyebrows raised")
+    (tmp_path / "d.json").write_text(json.dumps({"happy": "a smiling face.", "_note": "aliases work"}))
+    assert load_descriptions(str(tmp_path / "d.json"), ["happiness"]) == ["a smiling face."]
+    with pytest.raises(UserError, match="has no description of anger"):
+        load_descriptions(str(tmp_path / "d.json"), ["happiness", "anger"])
+    with pytest.raises(UserError, match="descriptions file not found"):
+        load_descriptions(str(tmp_path / "none.json"), ["anger"])
+
+
+def test_too_long_description_is_rejected_not_cut(synthetic_root, tmp_path):
+    long = {c: "a face " + " ".join(["tense"] * 70) for c in
+            ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")}
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(long))
+    with pytest.raises(UserError, match="must have at most 67"):
+        _trainer(synthetic_root, str(tmp_path / "o"), "TRAINER.PROMPTEMO.DESCRIPTIONS", str(path))

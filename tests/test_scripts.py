@@ -1,0 +1,38 @@
+"""The protocol scripts: the output layout, skipping finished runs, and clear errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from conftest import ROOT, SYNTH_OPTS
+
+
+def _run_script(script: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", os.path.join(ROOT, "scripts", script), *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TQDM_DISABLE": "1", **env})
+
+
+def test_promptemo_script_runs_each_seed_once_into_the_protocol_layout(synthetic_root, tmp_path):
+    env = {"DATA": synthetic_root, "OUT": str(tmp_path / "mofer"), "SEEDS": "1",
+           "DOMAINS": "synth_color synth_gray synth_lab synth_wild", "DATASET_CONFIG": "configs/datasets/synthetic.yaml",
+           "CONFIG": "configs/trainers/PromptEmo/tiny.yaml"}
+    args = ["synth_wild", "fear", "OPTIM.MAX_EPOCH", "1", *SYNTH_OPTS]
+    first = _run_script("promptemo.sh", args, env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    result = tmp_path / "mofer" / "synth_wild" / "fear" / "PromptEmo" / "seed1" / "results.json"
+    assert result.is_file()
+    assert "--source-domains synth_color synth_gray synth_lab" in open(result.parent / "log.txt").read()
+    again = _run_script("promptemo.sh", args, env)
+    assert again.returncode == 0 and "skip" in again.stdout
+
+
+def test_promptemo_script_errors(tmp_path):
+    bad = _run_script("promptemo.sh", ["nowhere", "fear"], {"OUT": str(tmp_path)})
+    assert bad.returncode == 2 and "target 'nowhere' is not one of DOMAINS" in bad.stderr
+    usage = _run_script("promptemo.sh", ["rafdb"], {})
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    missing = _run_script("promptemo.sh", ["rafdb", "fear"], {"OUT": str(tmp_path), "SEEDS": "1",
+                                                              "DATA": str(tmp_path)})
+    assert missing.returncode == 2
+    assert "dataset 'ferplus' (FERPlus) not found: expected the folder" in missing.stderr
+    assert "Traceback" not in missing.stderr

@@ -1,0 +1,198 @@
+"""PromptEmo (Zeng et al.): CLIP with bilateral textual prompts for multi-domain open-set FER.
+
+- Positive prompt of seen class k (eq. 1): ``[SOS] delta_k (N0 learnable vectors) tok(description_k) [EOS]``
+  through the frozen text encoder; the description is a facial-behaviour text from
+  ``TRAINER.PROMPTEMO.DESCRIPTIONS``.
+- Negative prompt (eq. 2): ``This expression is not {class}.``, encoded once (the encoder is frozen).
+- The image encoder is fine-tuned (``OPTIM.LR``, paper 1e-5); the prompt vectors have their own
+  learning rate (``TRAINER.PROMPTEMO.PROMPT_LR``, paper 1e-3); the logit scale stays at CLIP's value.
+- Losses (``trainers/promptemo_losses.py``): L_PS, L_NS on sources, L_PT, L_NT on pseudo-labelled
+  target images, L_ESS between positive and negative prompts, L_LDA (MK-MMD, sources vs target).
+- Inference: ``(P_P + P_N) / 2``; unseen score ``1 - max``.
+
+Ablations (Tables 3 and 4 of the paper) are config switches, see ``add_promptemo_config`` and
+``configs/trainers/PromptEmo/ablations/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from yacs.config import CfgNode as CN
+
+from datasets.classes import canonical_name
+from engine.config import register_config_hook
+from engine.modeling.clip_backbone import build_clip_for
+from engine.modeling.clip_text import PromptLearner, TextEncoder, encode_sentences
+from engine.optim import build_lr_scheduler, build_optimizer
+from engine.trainer import TRAINER_REGISTRY, TrainerXU
+from engine.utils.errors import UserError
+from trainers import promptemo_losses as L
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Table 4: (A) and (B) are fixed templates; (C) descriptions alone; (D) descriptions with delta_k.
+POSITIVE_PROMPT_KINDS = {"A": "a photo of {}.", "B": "an expression of {}.", "C": None, "D": None}
+
+
+@register_config_hook
+def add_promptemo_config(cfg) -> None:
+    cfg.TRAINER.PROMPTEMO = CN()
+    c = cfg.TRAINER.PROMPTEMO
+    c.N_CTX = 8  # N0, learnable vectors per class (delta_k)
+    c.CTX_INIT_STD = 0.02
+    c.PROMPT_LR = 1e-3  # delta_k's learning rate; the image encoder uses OPTIM.LR
+    c.POS_PROMPT = "D"  # Table 4: A "a photo of {}.", B "an expression of {}.", C descriptions, D + delta_k
+    c.DESCRIPTIONS = "configs/descriptions/facs.json"  # {class: description}; relative to cwd or repo
+    c.NEG_TEMPLATE = "This expression is not {}."
+    c.USE_NEG = True  # negative prompts, L_NS, L_NT and (P_P + P_N)/2 at inference
+    c.USE_TARGET = True  # L_PT, L_NT (pseudo-labelled target terms)
+    c.USE_ESS = True
+    c.USE_LDA = True
+    c.ALPHA = 0.1
+    c.BETA = 0.3
+    c.GAMMA = 0.2
+    c.TAU = 0.8
+    c.NEG_SCALE = -1.0  # s_N of eq. 6; negative = half CLIP's logit scale (then P_N = softmax(-s cos))
+    c.MMD_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
+    c.FINETUNE_VISUAL = True
+
+
+def load_descriptions(path: str, classnames: list[str]) -> list[str]:
+    """The description of each class in ``classnames`` from a JSON file ``{class: text}``
+    (keys may be aliases; keys starting with ``_`` are comments)."""
+    candidates = [path] if os.path.isabs(path) else [path, os.path.join(REPO_ROOT, path)]
+    found = next((p for p in candidates if os.path.isfile(p)), None)
+    if found is None:
+        raise UserError(f"descriptions file not found: {path} (TRAINER.PROMPTEMO.DESCRIPTIONS)")
+    try:
+        with open(found) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise UserError(f"descriptions file {found} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"descriptions file {found} must hold a JSON object {{class: description}}")
+    by_class = {}
+    for key, text in raw.items():
+        if key.startswith("_"):
+            continue
+        name = canonical_name(key)
+        if name is None or not isinstance(text, str) or not text.strip():
+            raise UserError(f"descriptions file {found}: '{key}' is not an expression class with a text description")
+        by_class[name] = text.strip()
+    missing = [c for c in classnames if c not in by_class]
+    if missing:
+        raise UserError(f"descriptions file {found} has no description of {', '.join(missing)}")
+    return [by_class[c] for c in classnames]
+
+
+class PromptEmoNet(nn.Module):
+    """What PromptEmo trains and saves: the CLIP image encoder and the positive prompt learner.
+    The frozen text encoder and the negative features live beside it (rebuilt from the backbone)."""
+
+    def __init__(self, image_encoder: nn.Module, prompt_learner: PromptLearner) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_learner = prompt_learner
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_encoder(images).float(), dim=-1)
+
+
+@TRAINER_REGISTRY.register()
+class PromptEmo(TrainerXU):
+    """Bilateral prompts, ISO (L_ESS, L_LDA) and CEI (L_PS, L_NS, L_PT, L_NT); see module docstring."""
+
+    def check_cfg(self, cfg) -> None:
+        super().check_cfg(cfg)
+        c = cfg.TRAINER.PROMPTEMO
+        if c.POS_PROMPT not in POSITIVE_PROMPT_KINDS:
+            raise UserError(f"TRAINER.PROMPTEMO.POS_PROMPT must be one of A, B, C, D, got '{c.POS_PROMPT}'")
+        if c.USE_ESS and not c.USE_NEG:
+            raise UserError("TRAINER.PROMPTEMO.USE_ESS needs the negative prompts (USE_NEG True)")
+
+    def build_model(self) -> None:
+        cfg, c = self.cfg, self.cfg.TRAINER.PROMPTEMO
+        classnames = [self.lab2cname[k] for k in sorted(self.lab2cname)]
+        clip_model = build_clip_for(cfg, self.device)
+
+        template = POSITIVE_PROMPT_KINDS[c.POS_PROMPT]
+        texts = [template.format(n) for n in classnames] if template else load_descriptions(c.DESCRIPTIONS, classnames)
+        n_ctx = c.N_CTX if c.POS_PROMPT == "D" else 0
+        prompt_learner = PromptLearner(clip_model, texts, n_ctx=n_ctx, class_specific=True,
+                                       init_std=c.CTX_INIT_STD, names=classnames)
+        self.text_encoder = TextEncoder(clip_model).to(self.device)
+        for p in self.text_encoder.parameters():
+            p.requires_grad_(False)
+        self.model = PromptEmoNet(clip_model.visual, prompt_learner).to(self.device)
+        self.model.image_encoder.requires_grad_(bool(c.FINETUNE_VISUAL))
+        logger.info("Positive prompts (%s): %s", c.POS_PROMPT, texts)
+
+        # Frozen encoder, fixed sentences: h_N is a constant, computed once.
+        neg_sentences = [c.NEG_TEMPLATE.format(n) for n in classnames]
+        self.neg_features = encode_sentences(clip_model, neg_sentences, self.device)
+        self._fixed_pos_features = None if n_ctx else self.positive_features().detach()
+        self.logit_scale = clip_model.logit_scale.exp().item()  # frozen at CLIP's value
+        self.neg_scale = c.NEG_SCALE if c.NEG_SCALE > 0 else self.logit_scale / 2
+
+        groups = []
+        if c.FINETUNE_VISUAL:
+            groups.append({"params": list(self.model.image_encoder.parameters()), "lr": cfg.OPTIM.LR})
+        if n_ctx:
+            groups.append({"params": list(prompt_learner.parameters()), "lr": c.PROMPT_LR})
+        if not groups:
+            raise UserError("PromptEmo has nothing to train: FINETUNE_VISUAL is off and the prompts are fixed")
+        self.optim = build_optimizer(None, cfg.OPTIM, param_groups=groups)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model("model", self.model, self.optim, self.sched)
+
+    def positive_features(self) -> torch.Tensor:
+        """h_P: the positive prompts through the frozen text encoder, normalised (K, D)."""
+        if getattr(self, "_fixed_pos_features", None) is not None:
+            return self._fixed_pos_features
+        learner = self.model.prompt_learner
+        return F.normalize(self.text_encoder(learner(), learner.tokenized_prompts).float(), dim=-1)
+
+    def parse_batch_train(self, batch_x: dict, batch_u: dict):
+        input_x, label_x, input_u = super().parse_batch_train(batch_x, batch_u)
+        return input_x, label_x, batch_x["domain"].to(self.device), input_u
+
+    def forward_backward(self, batch_x: dict, batch_u: dict) -> dict[str, torch.Tensor]:
+        c = self.cfg.TRAINER.PROMPTEMO
+        input_x, label_x, domain_x, input_u = self.parse_batch_train(batch_x, batch_u)
+        features = self.model.encode_image(torch.cat([input_x, input_u]))
+        f_s, f_t = features[: input_x.shape[0]], features[input_x.shape[0]:]
+        h_p, h_n = self.positive_features(), self.neg_features
+        m = self.num_source_domains
+        zero = features.new_zeros(())
+
+        pos_s = L.positive_logits(f_s, h_p, self.logit_scale)
+        l_ps = L.ps_loss(pos_s, label_x, domain_x, m)
+        l_ns = l_pt = l_nt = l_ess = l_lda = share_p = share_n = zero
+        if c.USE_NEG:
+            l_ns = L.ns_loss(L.negative_logits(f_s, h_n, self.neg_scale), label_x, domain_x, m)
+        if c.USE_TARGET:
+            l_pt, share_p = L.pt_loss(L.positive_logits(f_t, h_p, self.logit_scale), c.TAU)
+            if c.USE_NEG:
+                l_nt, share_n = L.nt_loss(L.negative_logits(f_t, h_n, self.neg_scale), c.TAU)
+        if c.USE_ESS:
+            l_ess = L.ess_loss(h_p, h_n)
+        if c.USE_LDA:
+            l_lda = L.lda_loss(f_s, domain_x, f_t, m, c.MMD_MULTIPLIERS)
+        loss = L.total_loss(l_ps, l_ns, l_pt, l_nt, l_ess, l_lda, c.ALPHA, c.BETA, c.GAMMA)
+        self.model_backward_and_update(loss)
+        return {"loss": loss.detach(), "loss_ps": l_ps.detach(), "loss_ns": l_ns.detach(), "loss_pt": l_pt.detach(),
+                "loss_nt": l_nt.detach(), "loss_ess": l_ess.detach(), "loss_lda": l_lda.detach(),
+                "pseudo_share_p": share_p, "pseudo_share_n": share_n}
+
+    @torch.no_grad()
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        f = self.model.encode_image(images)
+        pos = L.positive_logits(f, self.positive_features(), self.logit_scale)
+        neg = L.negative_logits(f, self.neg_features, self.neg_scale) if self.cfg.TRAINER.PROMPTEMO.USE_NEG else None
+        return L.inference_probs(pos, neg)

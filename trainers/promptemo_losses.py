@@ -1,0 +1,98 @@
+"""PromptEmo's predictions and losses, one function per equation of the paper.
+
+Notation (METHOD.md): ``f`` image features, ``h_p`` positive and ``h_n`` negative prompt features,
+all L2-normalised; ``s`` is CLIP's logit scale (100). Functions return *logits*; the paper's
+probabilities are their softmax. Source batches mix the M sources: ``domains`` gives each sample's
+source index.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from engine.modeling.mmd import DEFAULT_MULTIPLIERS, multi_source_mmd
+
+
+def positive_logits(f: torch.Tensor, h_p: torch.Tensor, scale: float) -> torch.Tensor:
+    """Eq. 5: ``P_P = softmax(s * cos(f, h_P))``. Higher similarity to the positive prompt of class
+    k means more likely k. Returns ``s * cos``."""
+    return scale * f @ h_p.t()
+
+
+def negative_logits(f: torch.Tensor, h_n: torch.Tensor, neg_scale: float) -> torch.Tensor:
+    """Eq. 6: ``P_N = softmax(s_N * dis(f, h_N))`` with ``dis`` the squared Euclidean distance between
+    normalised vectors. The sign is the paper's dual negation: the *farther* a feature is from
+    "This expression is not k", the more likely it is k. As ``dis = 2 - 2 cos``, with
+    ``s_N = s / 2`` this is ``softmax(-s * cos(f, h_N))``. Returns ``s_N * dis``."""
+    return neg_scale * (2.0 - 2.0 * (f @ h_n.t()))
+
+
+def ess_loss(h_p: torch.Tensor, h_n: torch.Tensor) -> torch.Tensor:
+    """Eq. 3, Explicit Semantic Separation: ``mean_k (1 - ||h_P(k) - h_N(k)||_2)``.
+
+    Pairs each seen class's positive prompt with its own negative and pushes them apart; with a frozen
+    text encoder only the learnable vectors delta_k receive its gradient."""
+    return (1.0 - (h_p - h_n).norm(dim=-1)).mean()
+
+
+def lda_loss(features: torch.Tensor, domains: torch.Tensor, target_features: torch.Tensor, num_sources: int,
+             multipliers: Sequence[float] = DEFAULT_MULTIPLIERS) -> torch.Tensor:
+    """Eq. 4, Latent Domain Alignment: ``sum_m MMD^2(S_m, T)`` in a multi-Gaussian RKHS between each
+    source's part of the batch and the target batch (kernel in :mod:`engine.modeling.mmd`)."""
+    parts = [features[domains == m] for m in range(num_sources)]
+    return multi_source_mmd(parts, target_features, multipliers)
+
+
+def _source_ce(logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_sources: int) -> torch.Tensor:
+    # Eq. 11 sums the per-source losses: mean cross-entropy within each source's part, summed over m.
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    terms = [per_sample[domains == m].mean() for m in range(num_sources) if bool((domains == m).any())]
+    return torch.stack(terms).sum()
+
+
+def ps_loss(pos_logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_sources: int) -> torch.Tensor:
+    """Eq. 7 summed over sources (eq. 11): ``sum_m mean_{i in B^{S_m}} CE(P_P,i, y_i)``."""
+    return _source_ce(pos_logits, labels, domains, num_sources)
+
+
+def ns_loss(neg_logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_sources: int) -> torch.Tensor:
+    """Eq. 9 summed over sources (eq. 11): ``sum_m mean_{i in B^{S_m}} CE(P_N,i, y_i)``."""
+    return _source_ce(neg_logits, labels, domains, num_sources)
+
+
+def _pseudo_label_ce(logits: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    # The pseudo-label is the argmax, kept where the max probability exceeds tau; no gradient flows
+    # through it. Eq. 8/10 divide by the whole batch size: rejected samples count as zero.
+    with torch.no_grad():
+        conf, pseudo = logits.softmax(dim=-1).max(dim=-1)
+        mask = (conf > tau).float()
+    loss = (F.cross_entropy(logits, pseudo, reduction="none") * mask).sum() / logits.shape[0]
+    return loss, mask.mean()
+
+
+def pt_loss(pos_logits_t: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 8: ``1/|B^T| sum_i 1[max P_P,i > tau] CE(P_P,i, argmax P_P,i)`` on target images.
+    Returns the loss and the share of target samples that received a pseudo-label."""
+    return _pseudo_label_ce(pos_logits_t, tau)
+
+
+def nt_loss(neg_logits_t: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 10: as eq. 8 on the negative-oriented prediction ``P_N`` (its own pseudo-labels)."""
+    return _pseudo_label_ce(neg_logits_t, tau)
+
+
+def total_loss(l_ps: torch.Tensor, l_ns: torch.Tensor, l_pt: torch.Tensor, l_nt: torch.Tensor, l_ess: torch.Tensor,
+               l_lda: torch.Tensor, alpha: float, beta: float, gamma: float) -> torch.Tensor:
+    """Eq. 11-12: ``L = [L_S + alpha L_T] + [beta L_ESS + gamma L_LDA]`` with
+    ``L_S = sum_m (L_PS + L_NS)`` (the sum over sources is inside ``ps_loss``/``ns_loss``) and
+    ``L_T = L_PT + L_NT``."""
+    return (l_ps + l_ns) + alpha * (l_pt + l_nt) + beta * l_ess + gamma * l_lda
+
+
+def inference_probs(pos_logits: torch.Tensor, neg_logits: torch.Tensor | None) -> torch.Tensor:
+    """Inference: ``P = (P_P + P_N) / 2`` (``P_P`` alone without the negative branch); the unseen
+    score is ``1 - max P``."""
+    p = pos_logits.softmax(dim=-1)
+    return p if neg_logits is None else (p + neg_logits.softmax(dim=-1)) / 2
