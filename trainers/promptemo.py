@@ -191,6 +191,10 @@ class PromptEmo(TrainerXU):
                 "pseudo_share_p": share_p, "pseudo_share_n": share_n}
 
     @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images)
+
+    @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
         f = self.model.encode_image(images)
         pos = L.positive_logits(f, self.positive_features(), self.logit_scale)

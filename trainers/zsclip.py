@@ -43,6 +43,9 @@ class ZSCLIP(TrainerX):
         self.after_train()
 
     @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip_model.encode_image(images).float(), dim=-1)
+
+    @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:
-        features = F.normalize(self.clip_model.encode_image(image).float(), dim=-1)
-        return (self.logit_scale * features @ self.text_features.t()).softmax(dim=-1)
+        return (self.logit_scale * self.image_features(image) @ self.text_features.t()).softmax(dim=-1)

@@ -483,6 +483,11 @@ class SimpleTrainer(TrainerBase):
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image features ``(N, D)`` of the model as it stands (for t-SNE figures and
+        analysis). CLIP trainers return their image encoder's output."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------- logging
     def _log_progress(self, sums: dict[str, torch.Tensor], count: int, num_batches: int,
                       batch_time: AverageMeter, data_time: AverageMeter) -> None:
