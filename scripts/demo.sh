@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
-# The demo: synthetic MO-FER domains (generated under $DATA the first time), the tiny CLIP backbone,
-# CPU only, no network. Prints each method's open-set results table. The tiny backbone has random
-# weights: the demo shows the pipeline end to end, not the paper's numbers (those need ViT-B/32).
+# The demo: every method on the synthetic MO-FER benchmark (domains generated under $DATA the first
+# time), with the tiny CLIP backbone, on the CPU, without network; then one table of all methods.
+# The tiny backbone has random weights: the demo shows the pipeline end to end, not the paper's numbers
+# (those need ViT-B/32 and the real datasets).
 #   bash scripts/demo.sh            # data in ./data, outputs in ./output/demo
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${DATA:-data}"
 OUT="${OUT:-output/demo}"
-SEED="${SEED:-1}"
+SEEDS="${SEEDS:-1}"
 
-run() {  # run TRAINER CONFIG
-  local trainer="$1" config="$2"
-  echo "=== ${trainer} ==="
-  python train.py --root "$DATA" --dataset-config-file configs/datasets/synthetic.yaml \
-    --config-file "$config" --output-dir "$OUT/$trainer/seed$SEED" --seed "$SEED" \
-    | grep -v -E '^(epoch \[|Evaluate on)'
-}
-
-run ZSCLIP configs/trainers/ZSCLIP/tiny.yaml
-run PromptEmo configs/trainers/PromptEmo/tiny.yaml
+# Each method's own log goes to its output folder; the console gets the progress lines.
+python scripts/protocol.py --methods ZSCLIP CoOp Baseline PromptEmo --variant tiny \
+  --domains synth_color synth_gray synth_lab synth_wild --targets synth_wild --unseen fear \
+  --seeds $SEEDS --data "$DATA" --out "$OUT" --dataset-config configs/datasets/synthetic.yaml \
+  | grep --line-buffered -E '^(run|skip) '
+echo
+python scripts/results.py "$OUT" --summary

@@ -3,7 +3,8 @@
 #   bash scripts/promptemo.sh TARGET UNSEEN [KEY VALUE ...]
 #   bash scripts/promptemo.sh rafdb fear                      # sources: ferplus affectnet oulu
 # Outputs: output/mofer/<target>/<unseen>/PromptEmo/seed<k>; finished runs (results.json) are skipped.
-# Environment (see scripts/lib/protocol.sh): DATA, DOMAINS, SEEDS, OUT, CONFIG. On the synthetic domains:
+# Environment: DATA (./data), DOMAINS ("rafdb ferplus affectnet oulu"), SEEDS ("1 2 3"), OUT
+# (output/mofer), CONFIG (configs/trainers/PromptEmo/vit_b32.yaml), DATASET_CONFIG. On the synthetic domains:
 #   DOMAINS="synth_color synth_gray synth_lab synth_wild" CONFIG=configs/trainers/PromptEmo/tiny.yaml \
 #     DATASET_CONFIG=configs/datasets/synthetic.yaml bash scripts/promptemo.sh synth_wild fear
 set -euo pipefail
@@ -12,7 +13,10 @@ if [ $# -lt 2 ]; then
   echo "usage: bash scripts/promptemo.sh TARGET UNSEEN [KEY VALUE ...]" >&2
   exit 2
 fi
-# shellcheck source=lib/protocol.sh
-. scripts/lib/protocol.sh
-CONFIG="${CONFIG:-configs/trainers/PromptEmo/vit_b32.yaml}"
-run_cell PromptEmo "$CONFIG" "$@"
+target="$1" unseen="$2"
+shift 2
+# shellcheck disable=SC2086
+exec "${PYTHON:-python}" scripts/protocol.py --methods PromptEmo --targets "$target" --unseen "$unseen" \
+  --domains ${DOMAINS:-rafdb ferplus affectnet oulu} --seeds ${SEEDS:-1 2 3} --data "${DATA:-./data}" \
+  --out "${OUT:-output/mofer}" --dataset-config "${DATASET_CONFIG:-configs/datasets/mofer.yaml}" \
+  --config "${CONFIG:-configs/trainers/PromptEmo/vit_b32.yaml}" -- "$@"

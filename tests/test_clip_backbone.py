@@ -114,3 +114,14 @@ def test_prompt_learner_rejects_text_too_long_for_context():
     text = " ".join(["smile"] * 68)
     with pytest.raises(UserError, match="'happiness' has 68 tokens; with 8 context vectors it must have at most 67"):
         PromptLearner(build_tiny_clip(seed=0), [text], n_ctx=8, names=["happiness"])
+
+
+def test_prompt_learner_ctx_init_from_words_like_coop():
+    from engine.modeling.clip_text import PromptLearner
+
+    model = build_tiny_clip(seed=0)
+    learner = PromptLearner(model, ["anger.", "fear."], n_ctx=16, init_words="a photo of a")
+    assert learner.ctx.shape == (4, 64)  # n_ctx follows the words
+    # with the initial context the prompt is exactly the sentence "a photo of a anger."
+    got = TextEncoder(model)(learner(), learner.tokenized_prompts)
+    assert torch.allclose(got[0], model.encode_text(tokenize(["a photo of a anger."]))[0], atol=1e-5)

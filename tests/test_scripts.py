@@ -28,7 +28,7 @@ def test_promptemo_script_runs_each_seed_once_into_the_protocol_layout(synthetic
 
 def test_promptemo_script_errors(tmp_path):
     bad = _run_script("promptemo.sh", ["nowhere", "fear"], {"OUT": str(tmp_path)})
-    assert bad.returncode == 2 and "target 'nowhere' is not one of DOMAINS" in bad.stderr
+    assert bad.returncode == 2 and "target 'nowhere' is not one of the domains" in bad.stderr
     usage = _run_script("promptemo.sh", ["rafdb"], {})
     assert usage.returncode == 2 and "usage:" in usage.stderr
     missing = _run_script("promptemo.sh", ["rafdb", "fear"], {"OUT": str(tmp_path), "SEEDS": "1",
@@ -36,3 +36,24 @@ def test_promptemo_script_errors(tmp_path):
     assert missing.returncode == 2
     assert "dataset 'ferplus' (FERPlus) not found: expected the folder" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_protocol_dry_run_lists_every_unfinished_run_once(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("protocol", os.path.join(ROOT, "scripts", "protocol.py"))
+    protocol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protocol)
+    out = tmp_path / "mofer"
+    done = out / "rafdb" / "fear" / "CoOp" / "seed2"
+    done.mkdir(parents=True)
+    (done / "results.json").write_text("{}")
+    assert protocol.main(["--dry-run", "--out", str(out), "--python", "python"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 * 7 * 3 * 4 - 1  # targets x classes x seeds x methods, minus the finished run
+    first = lines[0].split()
+    assert first[:2] == ["python", os.path.relpath(os.path.join(ROOT, "train.py"))]
+    assert "--source-domains ferplus affectnet oulu --target-domains rafdb" in lines[0]
+    assert not any(str(done) + " " in line + " " for line in lines)
+    assert protocol.main(["--dry-run", "--targets", "mars"]) == 2
+    assert "target 'mars' is not one of the domains" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from yacs.config import CfgNode as CN
 
 from datasets.classes import canonical_name
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for
+from engine.modeling.clip_backbone import build_clip_for, encode_images
 from engine.modeling.clip_text import PromptLearner, TextEncoder, encode_sentences
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
@@ -101,7 +101,7 @@ class PromptEmoNet(nn.Module):
         self.prompt_learner = prompt_learner
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_encoder(images).float(), dim=-1)
+        return encode_images(self.image_encoder, images)
 
 
 @TRAINER_REGISTRY.register()

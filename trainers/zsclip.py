@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for
+from engine.modeling.clip_backbone import build_clip_for, encode_images
 from engine.modeling.clip_text import encode_sentences
 from engine.trainer import TRAINER_REGISTRY, TrainerX
 
@@ -44,7 +44,7 @@ class ZSCLIP(TrainerX):
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip_model.encode_image(images).float(), dim=-1)
+        return encode_images(self.clip_model.visual, images)
 
     @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:

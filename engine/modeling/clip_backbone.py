@@ -145,6 +145,11 @@ def token_length(text: str) -> int:
     return len(clip.clip._tokenizer.encode(text))
 
 
+def encode_images(image_encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised fp32 features of ``images`` from CLIP's image encoder (``clip_model.visual``)."""
+    return torch.nn.functional.normalize(image_encoder(images).float(), dim=-1)
+
+
 def build_clip_for(cfg, device: torch.device | str) -> CLIP:
     """Load ``MODEL.BACKBONE.NAME``, check it fits ``INPUT.SIZE`` and move it to ``device`` (fp32)."""
     model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT or None)

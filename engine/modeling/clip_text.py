@@ -50,16 +50,21 @@ class PromptLearner(nn.Module):
     otherwise one shared set. ``position`` ``"middle"``/``"front"`` put the text in the middle of or
     before the context, as in CoOp. ``n_ctx = 0`` gives fixed prompts (no parameters).
 
-    Context vectors start from N(0, init_std^2). The token embeddings of the fixed parts are
+    Context vectors start from N(0, init_std^2), or from the embeddings of ``init_words`` (CoOp's
+    ``CTX_INIT``, e.g. ``"a photo of a"``; then ``n_ctx`` is their token count). The token embeddings of the fixed parts are
     non-persistent buffers: checkpoints hold only the learned vectors. A text that does not fit the
     77-token window with its context is rejected, never cut.
     """
 
     def __init__(self, clip_model: nn.Module, texts: list[str], n_ctx: int = 16, class_specific: bool = False,
-                 position: str = "end", init_std: float = 0.02, names: list[str] | None = None) -> None:
+                 position: str = "end", init_std: float = 0.02, names: list[str] | None = None,
+                 init_words: str = "") -> None:
         super().__init__()
         if position not in ("end", "middle", "front"):
             raise UserError(f"class token position must be end, middle or front, got '{position}'")
+        init_words = init_words.replace("_", " ").strip()
+        if init_words:  # CoOp's CTX_INIT: the context starts as these words' embeddings, one vector each
+            n_ctx = token_length(init_words)
         context_length = clip_model.positional_embedding.shape[0]
         names = names or texts
         self.text_lens = []
@@ -71,7 +76,11 @@ class PromptLearner(nn.Module):
             self.text_lens.append(n)
         self.n_cls, self.n_ctx, self.position = len(texts), n_ctx, position
         width = clip_model.ln_final.weight.shape[0]
-        if n_ctx > 0:
+        if init_words:
+            with torch.no_grad():
+                words = clip_model.token_embedding(tokenize([init_words]))[0, 1: 1 + n_ctx].float()
+            self.ctx = nn.Parameter(words.expand(self.n_cls, -1, -1).clone() if class_specific else words.clone())
+        elif n_ctx > 0:
             shape = (self.n_cls, n_ctx, width) if class_specific else (n_ctx, width)
             self.ctx = nn.Parameter(torch.empty(shape).normal_(std=init_std))
         else:

@@ -1,0 +1,287 @@
+"""Results tables (engine/evaluation/tables.py) and their CLI (scripts/results.py), from
+hand-written results.json files."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from conftest import ROOT
+from engine.evaluation import tables as T
+
+CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+SOURCES = ["ferplus", "affectnet", "oulu"]
+SCRIPT = os.path.join(ROOT, "scripts", "results.py")
+
+
+def write_run(root, trainer, target, unseen, seed, metrics, sources=SOURCES, backbone="ViT-B/32", subdir=None):
+    """Write one results.json like the trainer does (NaN -> null); the path is irrelevant to the tool."""
+    unseen = [unseen] if isinstance(unseen, str) else list(unseen)
+    folder = os.path.join(str(root), subdir or os.path.join(target, "+".join(unseen), trainer, f"seed{seed}"))
+    os.makedirs(folder, exist_ok=True)
+    record = {"trainer": trainer, "source_domains": list(sources), "target_domain": target,
+              "unseen_classes": unseen, "seed": seed, "backbone": backbone, "dataset": "MOFER",
+              "epochs_trained": 1, "num_test_images": 10,
+              "metrics": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}}
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump(record, f)
+    return folder
+
+
+def full_grid(root, trainer, target="rafdb", seeds=(1, 2, 3), base=60.0):
+    """auc_u = base + class index + seed, acc_s = 50 + seed, for every class and seed."""
+    for i, c in enumerate(CLASSES):
+        for s in seeds:
+            write_run(root, trainer, target, c, s, {"auc_u": base + i + s, "acc_s": 50.0 + s, "oscr": 40.0})
+
+
+def run_cli(*args):
+    """The CLI in a fresh process (exit code and stderr exactly as a user sees them)."""
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("results_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cli(capsys, *args):
+    """The CLI in this process (fast: no second torch import); returns (rc, stdout, stderr)."""
+    rc = _load_script().main([str(a) for a in args])
+    out = capsys.readouterr()
+    return types.SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+
+# --------------------------------------------------------------------------- #
+# aggregation
+# --------------------------------------------------------------------------- #
+def test_mean_and_sample_std_by_hand(tmp_path):
+    for seed, v in [(1, 70.0), (2, 72.0), (3, 77.0)]:
+        write_run(tmp_path, "PromptEmo", "rafdb", "fear", seed, {"auc_u": v})
+    recs = T.collect_results(str(tmp_path))
+    cell = T.aggregate(recs, "auc_u", (1, 2, 3))[("PromptEmo", "rafdb", ("fear",), tuple(sorted(SOURCES)),
+                                                  "ViT-B/32")]
+    # mean = (70 + 72 + 77) / 3 = 219 / 3 = 73.0
+    # deviations -3, -1, 4 -> squares 9 + 1 + 16 = 26; ddof=1: 26 / 2 = 13; std = sqrt(13) = 3.6056
+    assert cell.mean == pytest.approx(73.0)
+    assert cell.std == pytest.approx(math.sqrt(13))
+    assert cell.text == "73.00 ± 3.61"
+    table = T.build_class_table(recs, "auc_u", "rafdb", (1, 2, 3))
+    assert table.cell("PromptEmo", "Fea.").text == "73.00 ± 3.61"
+    assert table.cell("PromptEmo", "Sur.").text == "—"
+
+
+def test_single_seed_omits_std(tmp_path):
+    write_run(tmp_path, "ZSCLIP", "rafdb", "fear", 1, {"auc_u": 56.083333})
+    recs = T.collect_results(str(tmp_path))
+    cell = T.build_class_table(recs, "auc_u", "rafdb", (1,)).cell("ZSCLIP", "Fea.")
+    assert cell.text == "56.08" and math.isnan(cell.std)
+
+
+def test_full_grid_average_over_per_seed_class_means(tmp_path):
+    full_grid(tmp_path, "PromptEmo")
+    recs = T.collect_results(str(tmp_path))
+    assert T.expected_seeds(recs) == (1, 2, 3)
+    table = T.build_class_table(recs, "auc_u", "rafdb", (1, 2, 3))
+    assert table.columns == ["Sur.", "Fea.", "Dis.", "Hap.", "Sad.", "Ang.", "Neu.", "Avg"]
+    # Sur. (i=0): 61, 62, 63 -> mean 62, deviations -1 0 1 -> var 2/2 = 1, std 1
+    assert table.cell("PromptEmo", "Sur.").text == "62.00 ± 1.00"
+    # per-seed class average = 60 + mean(0..6) + s = 63 + s -> 64, 65, 66 -> 65.00 ± 1.00
+    avg = table.cell("PromptEmo", "Avg")
+    assert avg.values == {1: 64.0, 2: 65.0, 3: 66.0}
+    assert avg.text == "65.00 ± 1.00"
+
+
+def test_missing_seed_and_missing_class_are_marked(tmp_path):
+    full_grid(tmp_path, "PromptEmo")
+    os.remove(os.path.join(tmp_path, "rafdb", "fear", "PromptEmo", "seed3", "results.json"))
+    full_grid(tmp_path, "CoOp")
+    for s in (1, 2, 3):
+        os.remove(os.path.join(tmp_path, "rafdb", "neutral", "CoOp", f"seed{s}", "results.json"))
+    recs = T.collect_results(str(tmp_path))
+    table = T.build_class_table(recs, "auc_u", "rafdb", T.expected_seeds(recs))
+    # Fea. (i=1), seeds 1, 2: 62, 63 -> mean 62.5; deviations +-0.5 -> var 0.5 / 1, std 0.7071
+    assert table.cell("PromptEmo", "Fea.").text == "62.50 ± 0.71 (2/3)"
+    assert table.cell("PromptEmo", "Avg").text == "— (6/7)"
+    assert table.cell("PromptEmo", "Avg").values == {}
+    assert table.cell("CoOp", "Neu.").text == "—"
+    assert table.cell("CoOp", "Avg").text == "— (6/7)"
+    # --seeds 1 2: every cell complete again, PromptEmo Avg = per seed 63 + s -> 64, 65 -> 64.50 ± 0.71
+    two = T.build_class_table(recs, "auc_u", "rafdb", (1, 2))
+    assert two.cell("PromptEmo", "Avg").text == "64.50 ± 0.71"
+
+
+def test_nan_metric_counts_as_missing_and_is_marked(tmp_path):
+    write_run(tmp_path, "Baseline", "oulu", "fear", 1, {"auc_u": 50.0})
+    write_run(tmp_path, "Baseline", "oulu", "fear", 2, {"auc_u": float("nan")})
+    write_run(tmp_path, "Baseline", "oulu", "fear", 3, {"auc_u": 54.0})
+    write_run(tmp_path, "CoOp", "oulu", "fear", 1, {"auc_u": float("nan")})
+    recs = T.collect_results(str(tmp_path))
+    table = T.build_class_table(recs, "auc_u", "oulu", (1, 2, 3))
+    # (50 + 54) / 2 = 52; deviations +-2 -> var 8 / 1, std 2.8284
+    assert table.cell("Baseline", "Fea.").text == "52.00 ± 2.83 (2/3, 1 NaN)"
+    assert table.cell("CoOp", "Fea.").text == "n/a (0/3, 1 NaN)"
+    # a metric absent from the file also counts as missing
+    assert T.build_class_table(recs, "fpr95", "oulu", (1, 2, 3)).cell("Baseline", "Fea.").text == "n/a (0/3, 3 NaN)"
+
+
+def test_row_order_paper_style(tmp_path):
+    for trainer in ["PromptEmo", "Zeta", "ZSCLIP", "Alpha", "CoOp", "Baseline"]:
+        write_run(tmp_path, trainer, "rafdb", "fear", 1, {"auc_u": 1.0})
+    recs = T.collect_results(str(tmp_path))
+    expected = ["Baseline", "CoOp", "ZSCLIP", "Alpha", "Zeta", "PromptEmo"]
+    assert T.build_class_table(recs, "auc_u", "rafdb", (1,)).rows == expected
+    assert T.build_summary_table(recs, "rafdb", ["fear"], ["auc_u"], (1,)).rows == expected
+
+
+def test_multi_class_unseen_is_its_own_column(tmp_path):
+    write_run(tmp_path, "PromptEmo", "synth_wild", ["fear", "surprise"], 1, {"auc_u": 80.0})
+    write_run(tmp_path, "PromptEmo", "synth_wild", "happy", 1, {"auc_u": 70.0})  # alias -> happiness
+    recs = T.collect_results(str(tmp_path))
+    table = T.build_class_table(recs, "auc_u", "synth_wild", (1,))
+    assert table.columns == ["Sur.", "Fea.", "Dis.", "Hap.", "Sad.", "Ang.", "Neu.", "Sur.+Fea.", "Avg"]
+    assert table.cell("PromptEmo", "Sur.+Fea.").text == "80.00"
+    assert table.cell("PromptEmo", "Hap.").text == "70.00"
+    assert table.cell("PromptEmo", "Avg").text == "— (1/7)"  # the multi-class column is not averaged in
+
+
+def test_different_backbones_or_sources_are_separate_rows(tmp_path):
+    write_run(tmp_path, "PromptEmo", "rafdb", "fear", 1, {"auc_u": 70.0}, subdir="a")
+    write_run(tmp_path, "PromptEmo", "rafdb", "fear", 1, {"auc_u": 40.0}, backbone="tiny", subdir="b")
+    write_run(tmp_path, "CoOp", "rafdb", "fear", 1, {"auc_u": 60.0}, subdir="c")
+    write_run(tmp_path, "CoOp", "rafdb", "fear", 1, {"auc_u": 50.0}, sources=["ferplus", "oulu"], subdir="d")
+    recs = T.collect_results(str(tmp_path))
+    table = T.build_class_table(recs, "auc_u", "rafdb", (1,))
+    assert table.rows == ["CoOp [from affectnet+ferplus+oulu]", "CoOp [from ferplus+oulu]",
+                          "PromptEmo [ViT-B/32]", "PromptEmo [tiny]"]
+    assert table.cell("PromptEmo [tiny]", "Fea.").text == "40.00"
+    assert table.cell("PromptEmo [ViT-B/32]", "Fea.").text == "70.00"
+
+
+def test_unreadable_and_duplicate_files_are_skipped_with_a_warning(tmp_path):
+    write_run(tmp_path, "PromptEmo", "rafdb", "fear", 1, {"auc_u": 70.0}, subdir="a")
+    write_run(tmp_path, "PromptEmo", "rafdb", "fear", 1, {"auc_u": 10.0}, subdir="b")  # duplicate
+    os.makedirs(tmp_path / "broken")
+    (tmp_path / "broken" / "results.json").write_text("{not json")
+    os.makedirs(tmp_path / "partial")
+    (tmp_path / "partial" / "results.json").write_text(json.dumps({"trainer": "X"}))
+    skipped = []
+    recs = T.collect_results(str(tmp_path), on_skip=lambda p, why: skipped.append((p, why)))
+    assert len(recs) == 1 and recs[0].value("auc_u") == 70.0
+    reasons = {os.path.basename(os.path.dirname(p)): why for p, why in skipped}
+    assert set(reasons) == {"b", "broken", "partial"}
+    assert "duplicate" in reasons["b"] and "JSON" in reasons["broken"] and "missing" in reasons["partial"]
+    with pytest.warns(T.ResultsWarning):
+        T.collect_results(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- #
+# formats
+# --------------------------------------------------------------------------- #
+@pytest.fixture
+def two_tables(tmp_path):
+    for seed, v in [(1, 70.0), (2, 72.0), (3, 77.0)]:
+        write_run(tmp_path, "PromptEmo", "rafdb", "fear", seed, {"auc_u": v, "acc_s": 60.0})
+    write_run(tmp_path, "my_method", "rafdb", "fear", 1, {"auc_u": 55.5, "acc_s": float("nan")})
+    recs = T.collect_results(str(tmp_path))
+    return [T.build_class_table(recs, "auc_u", "rafdb", (1, 2, 3)),
+            T.build_summary_table(recs, "rafdb", ["fear"], ["auc_u", "acc_s"], (1, 2, 3))]
+
+
+def test_plain_and_markdown(two_tables):
+    plain = T.render_tables(two_tables, "plain")
+    assert "73.00 ± 3.61" in plain and "55.50 (1/3)" in plain and "n/a (0/3, 1 NaN)" in plain
+    md = T.render_tables(two_tables, "markdown")
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    assert lines[0].split("|")[1].strip() == "Method"
+    assert set(lines[1].replace("|", "").replace(":", "")) == {"-"}  # header separator
+    assert all(ln.count("|") == lines[0].count("|") for ln in lines[:4])
+    assert any("73.00 ± 3.61" in ln for ln in lines)
+
+
+def test_csv_parses_back_to_the_numbers(two_tables):
+    rows = list(csv.DictReader(io.StringIO(T.render_tables(two_tables, "csv"))))
+    assert list(rows[0]) == list(T.CSV_FIELDS)
+    fea = next(r for r in rows if r["row"] == "PromptEmo" and r["column"] == "Fea." and r["metric"] == "auc_u")
+    assert float(fea["mean"]) == pytest.approx(73.0) and float(fea["std"]) == pytest.approx(math.sqrt(13))
+    assert (fea["n"], fea["expected"], fea["unseen"]) == ("3", "3", "fear")
+    sur = next(r for r in rows if r["row"] == "PromptEmo" and r["column"] == "Sur.")
+    assert sur["mean"] == "" and sur["display"] == "—"
+    nan = next(r for r in rows if r["row"] == "my_method" and r["metric"] == "acc_s" and r["column"] == "ACC-S")
+    assert nan["mean"] == "" and nan["n_nan"] == "1"
+    # both tables are in one CSV with one header
+    assert sum(1 for r in rows if r["column"] == "AUC-U") == 2
+
+
+def test_latex(two_tables):
+    tex = T.render_tables(two_tables, "latex")
+    assert r"\begin{tabular}" in tex and r"\end{tabular}" in tex and r"\toprule" in tex
+    assert r"73.00 $\pm$ 3.61" in tex
+    assert r"my\_method" in tex  # LaTeX specials escaped
+    assert "±" not in "".join(ln for ln in tex.splitlines() if not ln.startswith("%"))
+
+
+def test_unknown_format_raises(two_tables):
+    with pytest.raises(ValueError, match="unknown format"):
+        T.render_table(two_tables[0], "html")
+
+
+# --------------------------------------------------------------------------- #
+# CLI
+# --------------------------------------------------------------------------- #
+def test_cli_errors_on_missing_or_empty_folder(tmp_path, capsys):
+    (tmp_path / "x" / "y").mkdir(parents=True)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("[]")
+    for folder in [tmp_path / "x", tmp_path / "nope"]:
+        res = run_cli(folder)
+        assert res.returncode == 2
+        assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error: ")
+        assert "Traceback" not in res.stderr and res.stdout == ""
+    res = cli(capsys, tmp_path / "bad")  # only unreadable files: warning lines, then the error
+    assert res.returncode == 2 and res.stderr.splitlines()[-1].startswith("error: no readable results.json")
+    assert res.stderr.splitlines()[0].startswith("warning: skipping")
+
+
+def test_cli_default_tables_and_formats(tmp_path, capsys):
+    full_grid(tmp_path, "PromptEmo")
+    full_grid(tmp_path, "ZSCLIP", seeds=(1,), base=50.0)
+    write_run(tmp_path, "PromptEmo", "synth_wild", "fear", 1, {"auc_u": 1.0, "acc_s": 2.0})
+    res = cli(capsys, tmp_path)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert out.count("Table 1: AUC-U") == 2 and out.count("Table 2: ACC-S") == 2
+    assert out.index("on rafdb") < out.index("on synth_wild")  # paper targets first
+    assert "65.00 ± 1.00" in out  # PromptEmo Avg on rafdb (see test_full_grid_...)
+    assert "51.00 (1/3)" in out  # ZSCLIP Sur. = 50 + 0 + 1, one seed of three
+    res = cli(capsys, tmp_path, "--targets", "rafdb", "--table2-target", "rafdb", "--seeds", "1", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert {r["target"] for r in rows} == {"rafdb"} and {r["expected"] for r in rows} == {"1"}
+    avg = next(r for r in rows if r["row"] == "ZSCLIP" and r["column"] == "Avg" and r["metric"] == "auc_u")
+    assert float(avg["mean"]) == pytest.approx(54.0)  # seed 1: 50 + mean(0..6) + 1 = 54
+    res = cli(capsys, tmp_path, "--methods", "zsclip", "--format", "markdown", "--targets", "rafdb")
+    assert "PromptEmo" not in res.stdout and "| ZSCLIP" in res.stdout
+
+
+def test_cli_summary_lists_every_method(tmp_path, capsys):
+    for trainer in ["PromptEmo", "ZSCLIP", "CoOp", "Baseline"]:
+        write_run(tmp_path, trainer, "synth_wild", "fear", 1,
+                  {"auc_u": 60.0, "acc_s": 50.0, "h_best": 40.0, "oscr": 30.0, "mcr": 20.0})
+    res = cli(capsys, tmp_path, "--summary", "--metrics", "auc_u", "acc_s", "h_best", "oscr")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    header = next(ln for ln in lines if ln.startswith("Method"))
+    assert header.split() == ["Method", "AUC-U", "ACC-S", "H-best", "OSCR"]
+    body = [ln.split()[0] for ln in lines[lines.index(header) + 2:] if ln.strip()]
+    assert body == ["Baseline", "CoOp", "ZSCLIP", "PromptEmo"]
+    assert "Table 1" not in res.stdout

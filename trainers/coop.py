@@ -1,0 +1,67 @@
+"""CoOp (Zhou et al., IJCV 2022): learnable prompt context, frozen CLIP, trained on the seen source
+classes; the unseen score is 1 - max softmax (MSP). Config keys follow CoOp's repository
+(``TRAINER.COOP.N_CTX, CSC, CTX_INIT, CLASS_TOKEN_POSITION``)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from yacs.config import CfgNode as CN
+
+from engine.config import register_config_hook
+from engine.modeling.clip_backbone import build_clip_for, encode_images
+from engine.modeling.clip_text import PromptLearner, TextEncoder
+from engine.optim import build_lr_scheduler, build_optimizer
+from engine.trainer import TRAINER_REGISTRY, TrainerX
+
+
+@register_config_hook
+def add_coop_config(cfg) -> None:
+    cfg.TRAINER.COOP = CN()
+    cfg.TRAINER.COOP.N_CTX = 16  # number of context vectors
+    cfg.TRAINER.COOP.CSC = False  # class-specific context
+    cfg.TRAINER.COOP.CTX_INIT = ""  # initialization words, e.g. "a photo of a" (then N_CTX = their count)
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"  # 'middle' or 'end' or 'front'
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(TrainerX):
+    """Prompts ``[SOS] ctx_1..ctx_n {class}. [EOS]``; only the context vectors are trained."""
+
+    def build_model(self) -> None:
+        cfg, c = self.cfg, self.cfg.TRAINER.COOP
+        classnames = [self.lab2cname[k] for k in sorted(self.lab2cname)]
+        clip_model = build_clip_for(cfg, self.device)
+        clip_model.requires_grad_(False)
+        self.image_encoder = clip_model.visual
+        self.text_encoder = TextEncoder(clip_model)
+        self.prompt_learner = PromptLearner(clip_model, [f"{n}." for n in classnames], n_ctx=c.N_CTX,
+                                            class_specific=c.CSC, position=c.CLASS_TOKEN_POSITION,
+                                            names=classnames, init_words=c.CTX_INIT).to(self.device)
+        self.logit_scale = clip_model.logit_scale.exp().item()
+        self.optim = build_optimizer(self.prompt_learner, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model("prompt_learner", self.prompt_learner, self.optim, self.sched)
+
+    def text_features(self) -> torch.Tensor:
+        prompts = self.prompt_learner()
+        return F.normalize(self.text_encoder(prompts, self.prompt_learner.tokenized_prompts).float(), dim=-1)
+
+    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * image_features @ self.text_features().t()
+
+    def forward_backward(self, batch: dict) -> dict[str, torch.Tensor]:
+        image, label = self.parse_batch_train(batch)
+        with torch.no_grad():  # the image encoder is frozen: no graph through it
+            features = self.image_features(image)
+        logits = self.logits(features)
+        loss = F.cross_entropy(logits, label)
+        self.model_backward_and_update(loss)
+        return {"loss": loss.detach(), "acc": (logits.argmax(-1) == label).float().mean() * 100}
+
+    @torch.no_grad()
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        return encode_images(self.image_encoder, images)
+
+    @torch.no_grad()
+    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.image_features(images)).softmax(dim=-1)
