@@ -23,6 +23,7 @@ import trainers  # noqa: F401  (registers trainers)
 from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list
 from engine.data.datasets import build_dataset
 from engine.trainer import build_trainer
+from engine.utils import distributed
 from engine.utils.errors import UserError
 from engine.utils.logger import setup_logger
 from engine.utils.tools import atomic_write_bytes, set_random_seed
@@ -122,13 +123,17 @@ def main(args: argparse.Namespace) -> None:
         setup_logger(None)
         build_dataset(cfg)
         return
-    setup_logger(cfg.OUTPUT_DIR)
+    distributed.init_distributed(cfg.USE_CUDA)
+    main_process = distributed.is_main_process()
+    # Under torchrun only rank 0 writes log.txt; the others report warnings and errors on the console.
+    setup_logger(cfg.OUTPUT_DIR if main_process else None, level=logging.INFO if main_process else logging.WARNING)
     set_random_seed(cfg.SEED)
     logger.info("Command: %s", " ".join(sys.argv))
-    logger.info("torch %s, device %s", torch.__version__,
-                "cuda" if torch.cuda.is_available() and cfg.USE_CUDA else "cpu")
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump().encode())
+    logger.info("torch %s, device %s, processes %d", torch.__version__,
+                "cuda" if torch.cuda.is_available() and cfg.USE_CUDA else "cpu", distributed.world_size())
+    if main_process:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump().encode())
     trainer = build_trainer(cfg)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, encode_images
+from engine.modeling.clip_backbone import build_clip_for, compiled, encode_images
 from engine.modeling.clip_text import encode_sentences
-from engine.modeling.mmd import multi_source_mmd
+from engine.modeling.mmd import multi_source_mmd_by_domain
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
 
@@ -39,6 +39,7 @@ class Baseline(TrainerXU):
         self.text_features = encode_sentences(clip_model, [c.TEMPLATE.format(n) for n in classnames], self.device)
         self.logit_scale = clip_model.logit_scale.exp().item()
         self.model = clip_model.visual
+        self.encoder = compiled(self.model, cfg)
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("model", self.model, self.optim, self.sched)
@@ -46,19 +47,18 @@ class Baseline(TrainerXU):
     def forward_backward(self, batch_x: dict, batch_u: dict) -> dict[str, torch.Tensor]:
         c = self.cfg.TRAINER.BASELINE
         input_x, label_x, input_u = self.parse_batch_train(batch_x, batch_u)
-        domain_x = batch_x["domain"].to(self.device)
-        features = encode_images(self.model, torch.cat([input_x, input_u]))
+        domain_x = self.to_device(batch_x["domain"])
+        features = encode_images(self.encoder, torch.cat([input_x, input_u]), self.use_bf16)
         f_s, f_t = features[: input_x.shape[0]], features[input_x.shape[0]:]
         loss_ce = F.cross_entropy(self.logit_scale * f_s @ self.text_features.t(), label_x)
-        parts = [f_s[domain_x == m] for m in range(self.num_source_domains)]
-        loss_mmd = multi_source_mmd(parts, f_t, c.MMD_MULTIPLIERS)
+        loss_mmd = multi_source_mmd_by_domain(f_s, domain_x, f_t, self.num_source_domains, c.MMD_MULTIPLIERS)
         loss = loss_ce + c.GAMMA * loss_mmd
         self.model_backward_and_update(loss)
         return {"loss": loss.detach(), "loss_ce": loss_ce.detach(), "loss_mmd": loss_mmd.detach()}
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.model, images)
+        return encode_images(self.encoder, images, self.use_bf16)
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:

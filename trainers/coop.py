@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, encode_images
+from engine.modeling.clip_backbone import build_clip_for, compiled, encode_images
 from engine.modeling.clip_text import PromptLearner, TextEncoder
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerX
@@ -33,6 +33,7 @@ class CoOp(TrainerX):
         clip_model = build_clip_for(cfg, self.device)
         clip_model.requires_grad_(False)
         self.image_encoder = clip_model.visual
+        self.encoder = compiled(self.image_encoder, cfg)
         self.text_encoder = TextEncoder(clip_model)
         self.prompt_learner = PromptLearner(clip_model, [f"{n}." for n in classnames], n_ctx=c.N_CTX,
                                             class_specific=c.CSC, position=c.CLASS_TOKEN_POSITION,
@@ -43,8 +44,9 @@ class CoOp(TrainerX):
         self.register_model("prompt_learner", self.prompt_learner, self.optim, self.sched)
 
     def text_features(self) -> torch.Tensor:
-        prompts = self.prompt_learner()
-        return F.normalize(self.text_encoder(prompts, self.prompt_learner.tokenized_prompts).float(), dim=-1)
+        with self.autocast():
+            features = self.text_encoder(self.prompt_learner(), self.prompt_learner.tokenized_prompts)
+        return F.normalize(features.float(), dim=-1)
 
     def logits(self, image_features: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * image_features @ self.text_features().t()
@@ -60,7 +62,7 @@ class CoOp(TrainerX):
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.image_encoder, images)
+        return encode_images(self.encoder, images, self.use_bf16)
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:

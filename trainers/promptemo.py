@@ -26,7 +26,7 @@ from yacs.config import CfgNode as CN
 
 from datasets.classes import canonical_name
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, encode_images
+from engine.modeling.clip_backbone import build_clip_for, compiled, encode_images
 from engine.modeling.clip_text import PromptLearner, TextEncoder, encode_sentences
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
@@ -100,9 +100,6 @@ class PromptEmoNet(nn.Module):
         self.image_encoder = image_encoder
         self.prompt_learner = prompt_learner
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.image_encoder, images)
-
 
 @TRAINER_REGISTRY.register()
 class PromptEmo(TrainerXU):
@@ -131,6 +128,7 @@ class PromptEmo(TrainerXU):
             p.requires_grad_(False)
         self.model = PromptEmoNet(clip_model.visual, prompt_learner).to(self.device)
         self.model.image_encoder.requires_grad_(bool(c.FINETUNE_VISUAL))
+        self.encoder = compiled(self.model.image_encoder, cfg)
         logger.info("Positive prompts (%s): %s", c.POS_PROMPT, texts)
 
         # Frozen encoder, fixed sentences: h_N is a constant, computed once.
@@ -156,16 +154,18 @@ class PromptEmo(TrainerXU):
         if getattr(self, "_fixed_pos_features", None) is not None:
             return self._fixed_pos_features
         learner = self.model.prompt_learner
-        return F.normalize(self.text_encoder(learner(), learner.tokenized_prompts).float(), dim=-1)
+        with self.autocast():
+            features = self.text_encoder(learner(), learner.tokenized_prompts)
+        return F.normalize(features.float(), dim=-1)
 
     def parse_batch_train(self, batch_x: dict, batch_u: dict):
         input_x, label_x, input_u = super().parse_batch_train(batch_x, batch_u)
-        return input_x, label_x, batch_x["domain"].to(self.device), input_u
+        return input_x, label_x, self.to_device(batch_x["domain"]), input_u
 
     def forward_backward(self, batch_x: dict, batch_u: dict) -> dict[str, torch.Tensor]:
         c = self.cfg.TRAINER.PROMPTEMO
         input_x, label_x, domain_x, input_u = self.parse_batch_train(batch_x, batch_u)
-        features = self.model.encode_image(torch.cat([input_x, input_u]))
+        features = encode_images(self.encoder, torch.cat([input_x, input_u]), self.use_bf16)
         f_s, f_t = features[: input_x.shape[0]], features[input_x.shape[0]:]
         h_p, h_n = self.positive_features(), self.neg_features
         m = self.num_source_domains
@@ -192,11 +192,11 @@ class PromptEmo(TrainerXU):
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images)
+        return encode_images(self.encoder, images, self.use_bf16)
 
     @torch.no_grad()
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        f = self.model.encode_image(images)
+        f = self.image_features(images)
         pos = L.positive_logits(f, self.positive_features(), self.logit_scale)
         neg = L.negative_logits(f, self.neg_features, self.neg_scale) if self.cfg.TRAINER.PROMPTEMO.USE_NEG else None
         return L.inference_probs(pos, neg)

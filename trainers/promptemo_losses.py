@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from engine.modeling.mmd import DEFAULT_MULTIPLIERS, multi_source_mmd
+from engine.modeling.mmd import DEFAULT_MULTIPLIERS, multi_source_mmd_by_domain
 
 
 def positive_logits(f: torch.Tensor, h_p: torch.Tensor, scale: float) -> torch.Tensor:
@@ -41,15 +41,16 @@ def lda_loss(features: torch.Tensor, domains: torch.Tensor, target_features: tor
              multipliers: Sequence[float] = DEFAULT_MULTIPLIERS) -> torch.Tensor:
     """Eq. 4, Latent Domain Alignment: ``sum_m MMD^2(S_m, T)`` in a multi-Gaussian RKHS between each
     source's part of the batch and the target batch (kernel in :mod:`engine.modeling.mmd`)."""
-    parts = [features[domains == m] for m in range(num_sources)]
-    return multi_source_mmd(parts, target_features, multipliers)
+    return multi_source_mmd_by_domain(features, domains, target_features, num_sources, multipliers)
 
 
 def _source_ce(logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_sources: int) -> torch.Tensor:
     # Eq. 11 sums the per-source losses: mean cross-entropy within each source's part, summed over m.
-    per_sample = F.cross_entropy(logits, labels, reduction="none")
-    terms = [per_sample[domains == m].mean() for m in range(num_sources) if bool((domains == m).any())]
-    return torch.stack(terms).sum()
+    # Per-source sums via a one-hot matrix rather than row selection: no host-device synchronisation.
+    per_sample = F.cross_entropy(logits.float(), labels, reduction="none")
+    membership = F.one_hot(domains.long(), num_sources).float()  # (B, M)
+    sums, counts = membership.t() @ per_sample, membership.sum(0)
+    return (sums / counts.clamp_min(1)).sum()  # an absent source adds 0
 
 
 def ps_loss(pos_logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_sources: int) -> torch.Tensor:
@@ -65,6 +66,7 @@ def ns_loss(neg_logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tenso
 def _pseudo_label_ce(logits: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     # The pseudo-label is the argmax, kept where the max probability exceeds tau; no gradient flows
     # through it. Eq. 8/10 divide by the whole batch size: rejected samples count as zero.
+    logits = logits.float()
     with torch.no_grad():
         conf, pseudo = logits.softmax(dim=-1).max(dim=-1)
         mask = (conf > tau).float()

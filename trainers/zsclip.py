@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, encode_images
+from engine.modeling.clip_backbone import build_clip_for, compiled, encode_images
 from engine.modeling.clip_text import encode_sentences
 from engine.trainer import TRAINER_REGISTRY, TrainerX
 
@@ -30,6 +30,7 @@ class ZSCLIP(TrainerX):
     def build_model(self) -> None:
         cfg = self.cfg
         self.clip_model = build_clip_for(cfg, self.device).eval()
+        self.encoder = compiled(self.clip_model.visual, cfg)
         features = torch.stack([
             encode_sentences(self.clip_model, [t.format(c) for c in self.lab2cname.values()], self.device)
             for t in cfg.TRAINER.ZSCLIP.TEMPLATES
@@ -44,7 +45,7 @@ class ZSCLIP(TrainerX):
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.clip_model.visual, images)
+        return encode_images(self.encoder, images, self.use_bf16)
 
     @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:

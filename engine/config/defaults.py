@@ -1,8 +1,9 @@
 """Default configuration, with Dassl's key names wherever Dassl has the concept.
 
 Keys this project adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATASET.SYNTHETIC.*``,
-``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``,
-``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``. Method keys (``TRAINER.<METHOD>.*``) are added by
+``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.COMPILE``,
+``OPTIM.FUSED``, ``TRAIN.PRECISION``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``; readers and
+the decoded-image cache add theirs through config hooks. Method keys (``TRAINER.<METHOD>.*``) are added by
 each trainer's config hook (see :func:`engine.config.extend_cfg`).
 
 Defaults that differ from Dassl, and why:
@@ -130,6 +131,8 @@ _C.MODEL.BACKBONE.NAME = "ViT-B/32"
 _C.MODEL.BACKBONE.PRETRAINED = True
 # Where OpenAI names are downloaded to and looked up ("" = ~/.cache/clip, as clip.load does)
 _C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
+# torch.compile the image encoder (faster steps on GPUs after a one-off compilation)
+_C.MODEL.COMPILE = False
 # Definition of a head network (used by trainers that have one)
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = ""
@@ -167,6 +170,8 @@ _C.OPTIM.WARMUP_MIN_LR = 1e-5
 # Recount epoch for the next scheduler (last_epoch=-1)
 # Otherwise last_epoch=warmup_epoch
 _C.OPTIM.WARMUP_RECOUNT = True
+# Fused optimiser kernels (one kernel for all parameters) when every parameter is on a GPU
+_C.OPTIM.FUSED = True
 
 ###########################
 # Train
@@ -180,6 +185,9 @@ _C.TRAIN.PRINT_FREQ = 10
 # Use 'train_x', 'train_u' or 'smaller_one' to count
 # the number of iterations in an epoch (for DA and SSL)
 _C.TRAIN.COUNT_ITER = "train_x"
+# Numerics of forward passes: "auto" (bf16 autocast where the device supports it, i.e. CUDA with
+# bf16; fp32 on the CPU), "bf16" or "fp32". Parameters, optimiser state and losses stay fp32.
+_C.TRAIN.PRECISION = "auto"
 
 ###########################
 # Test

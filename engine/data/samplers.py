@@ -3,6 +3,11 @@
 Unlike torch's and Dassl's samplers, the random ones here draw their order from a private
 generator seeded by ``(seed, number of passes started)``. The order of every epoch therefore
 depends only on the seed and the epoch, and a resumed run can restore it (``state_dict``).
+
+With several processes (torchrun), every rank computes the same global order and keeps every
+``world``-th index from position ``rank``: with per-rank batches of ``global batch / world``, rank r's
+k-th batch is a strided share of the global k-th batch, so the ranks together see exactly the
+single-process batches.
 """
 from __future__ import annotations
 
@@ -18,7 +23,23 @@ from engine.utils.errors import UserError
 SAMPLERS = ("RandomSampler", "SequentialSampler", "RandomDomainSampler")
 
 
-class _SeededSampler(Sampler):
+class _ShardedSampler(Sampler):
+    """Keeps this rank's strided share of a global order."""
+
+    rank, world = 0, 1
+
+    def shard(self, rank: int, world: int) -> "_ShardedSampler":
+        self.rank, self.world = rank, world
+        return self
+
+    def _share(self, order: list[int]) -> list[int]:
+        return order[self.rank:: self.world] if self.world > 1 else order
+
+    def _share_len(self, n: int) -> int:
+        return len(range(self.rank, n, self.world))
+
+
+class _SeededSampler(_ShardedSampler):
     """Base for samplers whose n-th pass is a pure function of (seed, n)."""
 
     def __init__(self, seed: int) -> None:
@@ -47,23 +68,23 @@ class RandomSampler(_SeededSampler):
         self.n = len(data_source)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(torch.randperm(self.n, generator=self._next_generator()).tolist())
+        return iter(self._share(torch.randperm(self.n, generator=self._next_generator()).tolist()))
 
     def __len__(self) -> int:
-        return self.n
+        return self._share_len(self.n)
 
 
-class SequentialSampler(Sampler):
-    """Indices in order (evaluation)."""
+class SequentialSampler(_ShardedSampler):
+    """Indices in order (evaluation); with several ranks, each evaluates a strided share."""
 
     def __init__(self, data_source: Sequence[Datum]) -> None:
         self.n = len(data_source)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.n))
+        return iter(self._share(list(range(self.n))))
 
     def __len__(self) -> int:
-        return self.n
+        return self._share_len(self.n)
 
     def state_dict(self) -> dict:
         return {}
@@ -143,19 +164,20 @@ class RandomDomainSampler(_SeededSampler):
 
     def __iter__(self) -> Iterator[int]:
         g = self._next_generator()
-        return iter([i for batch in self._batches(g) for i in batch])
+        return iter(self._share([i for batch in self._batches(g) for i in batch]))
 
     def __len__(self) -> int:
-        return self._length
+        return self._share_len(self._length)
 
 
 def build_sampler(sampler_type: str, data_source: Sequence[Datum], batch_size: int = 32, n_domain: int = 0,
-                  domain_epoch: str = "all", seed: int = 0) -> Sampler:
-    """Build a sampler by its Dassl name."""
+                  domain_epoch: str = "all", seed: int = 0, rank: int = 0, world: int = 1) -> Sampler:
+    """Build a sampler by its Dassl name; ``batch_size`` is the global batch size, and with
+    ``world > 1`` the sampler yields rank ``rank``'s share (see module docstring)."""
     if sampler_type == "RandomSampler":
-        return RandomSampler(data_source, seed=seed)
+        return RandomSampler(data_source, seed=seed).shard(rank, world)
     if sampler_type == "SequentialSampler":
-        return SequentialSampler(data_source)
+        return SequentialSampler(data_source).shard(rank, world)
     if sampler_type == "RandomDomainSampler":
-        return RandomDomainSampler(data_source, batch_size, n_domain, epoch=domain_epoch, seed=seed)
+        return RandomDomainSampler(data_source, batch_size, n_domain, epoch=domain_epoch, seed=seed).shard(rank, world)
     raise UserError(f"unknown sampler '{sampler_type}' (DATALOADER.*.SAMPLER); choose from {', '.join(SAMPLERS)}")

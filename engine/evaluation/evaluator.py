@@ -14,6 +14,7 @@ import torch
 
 from engine.evaluation.metrics import open_set_metrics
 from engine.registry import Registry
+from engine.utils import distributed
 
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
 logger = logging.getLogger(__name__)
@@ -69,11 +70,18 @@ class OpenSet(EvaluatorBase):
 
     @property
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The accumulated ``(probs, labels, unseen)``."""
-        return np.concatenate(self._probs), np.concatenate(self._labels), np.concatenate(self._unseen)
+        """The accumulated ``(probs, labels, unseen)`` of the last :meth:`evaluate` (all ranks)."""
+        return self._gathered
+
+    def _gather(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # Under torchrun each rank saw a share of the test set: metrics need all of it.
+        local = (np.concatenate(self._probs), np.concatenate(self._labels), np.concatenate(self._unseen))
+        if distributed.world_size() == 1:
+            return local
+        return tuple(distributed.all_gather_cat(torch.from_numpy(a)).numpy() for a in local)
 
     def evaluate(self) -> "OrderedDict[str, float]":
-        probs, labels, unseen = self.arrays
+        self._gathered = probs, labels, unseen = self._gather()
         raw = open_set_metrics(probs, labels, unseen, self.num_thresholds)
         results: OrderedDict[str, float] = OrderedDict()
         for key, value in raw.items():

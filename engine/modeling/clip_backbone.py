@@ -13,6 +13,8 @@
   Like every CLIP at initialisation its logit scale is 1/0.07 (14.3), not the trained models' 100:
   with random features a scale of 100 saturates the softmax and, measured on the synthetic domains,
   nothing learned in 30 epochs, while 1/0.07 learns.
+- ``random:ViT-B/32`` (or ``random:ViT-B/16``): a released architecture with random weights, for
+  throughput benchmarks on machines without the weights.
 
 The model is always returned in fp32 on the CPU (``clip.load`` gives fp16 on CUDA, which AdamW
 cannot fine-tune); trainers move it to their device and use autocast for speed.
@@ -49,6 +51,18 @@ TINY_CLIP_ARCH = dict(
 )
 
 
+# The released architectures, for "random:<name>" (random weights: throughput benchmarks offline)
+OPENAI_ARCHS = {
+    "ViT-B/32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
+                     context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+                     transformer_layers=12),
+    "ViT-B/16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16,
+                     context_length=77, vocab_size=49408, transformer_width=512, transformer_heads=8,
+                     transformer_layers=12),
+}
+RANDOM_PREFIX = "random:"
+
+
 def build_tiny_clip(seed: int | None = None) -> CLIP:
     """A randomly initialised CLIP with :data:`TINY_CLIP_ARCH` (fp32, eval mode)."""
     gen_state = torch.get_rng_state()
@@ -81,6 +95,12 @@ def load_clip(name: str, download_root: str | None = None) -> CLIP:
     """Load the CLIP model named by ``MODEL.BACKBONE.NAME`` (see module docstring), fp32 on CPU."""
     if name == TINY:
         return build_tiny_clip()
+    if name.startswith(RANDOM_PREFIX):
+        arch = name[len(RANDOM_PREFIX):]
+        if arch not in OPENAI_ARCHS:
+            raise UserError(f"unknown architecture '{arch}' in MODEL.BACKBONE.NAME {name}; "
+                            f"choose from {', '.join(RANDOM_PREFIX + a for a in OPENAI_ARCHS)}")
+        return CLIP(**OPENAI_ARCHS[arch]).float().eval()
     if name in clip.available_models():
         root = download_root or os.path.expanduser("~/.cache/clip")
         try:
@@ -145,9 +165,18 @@ def token_length(text: str) -> int:
     return len(clip.clip._tokenizer.encode(text))
 
 
-def encode_images(image_encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """L2-normalised fp32 features of ``images`` from CLIP's image encoder (``clip_model.visual``)."""
-    return torch.nn.functional.normalize(image_encoder(images).float(), dim=-1)
+def encode_images(image_encoder, images: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """L2-normalised fp32 features of ``images`` from CLIP's image encoder (``clip_model.visual``, or
+    its compiled form), the encoder itself running under bf16 autocast when ``bf16``."""
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        features = image_encoder(images)
+    return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def compiled(module: torch.nn.Module, cfg):
+    """``torch.compile(module)`` when ``MODEL.COMPILE`` is on, else the module. Trainers call the result
+    but register and save the module itself, so checkpoints keep their plain parameter names."""
+    return torch.compile(module) if cfg.MODEL.COMPILE else module
 
 
 def build_clip_for(cfg, device: torch.device | str) -> CLIP:

@@ -14,9 +14,14 @@ Conventions of this project, on top of Dassl's:
   the console, ``log.txt``, tensorboard and ``metrics.jsonl``.
 - Checkpoints also hold RNG and sampler states, so a resumed run sees the same data order and
   augmentations as one that never stopped.
+- Encoders run under ``self.autocast()`` (bf16 where ``TRAIN.PRECISION`` asks for it); trainers
+  keep similarities, losses and probabilities in fp32.
+- Under torchrun, gradients are averaged over ranks in ``model_update`` and predictions gathered in
+  evaluation (``engine.utils.distributed``); only rank 0 writes.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -27,6 +32,7 @@ import time
 from collections import OrderedDict, defaultdict
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tabulate import tabulate
@@ -35,6 +41,7 @@ from tqdm import tqdm
 from engine.data import DataManager
 from engine.evaluation import METRIC_DESCRIPTIONS, build_evaluator
 from engine.registry import Registry
+from engine.utils import distributed
 from engine.utils.checkpoint import (capture_rng_state, checkpoint_name, latest_checkpoint,
                                      load_checkpoint, restore_rng_state, save_checkpoint)
 from engine.utils.errors import UserError
@@ -54,7 +61,8 @@ class TrainerBase:
         self._scheds: OrderedDict[str, Any] = OrderedDict()
         self._writer = None
         self._metrics_file = None
-        self.is_main_process = True
+        self.is_main_process = distributed.is_main_process()
+        self.use_bf16 = False
 
     # ----------------------------------------------------------------- models
     def register_model(self, name: str = "model", model: nn.Module | None = None,
@@ -289,7 +297,14 @@ class TrainerBase:
     def model_update(self, names: str | list[str] | None = None) -> None:
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
+                distributed.average_gradients(self._models[name].parameters())
                 self._optims[name].step()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for forward passes when ``TRAIN.PRECISION`` asks for it, else a no-op."""
+        if not self.use_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def model_backward_and_update(self, loss: torch.Tensor, names: str | list[str] | None = None) -> None:
         self.model_zero_grad(names)
@@ -307,6 +322,9 @@ class SimpleTrainer(TrainerBase):
         # Seeded here as well as in train.py, so a trainer built from Python is reproducible too.
         set_random_seed(cfg.SEED)
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.USE_CUDA else "cpu")
+        if self.device.type == "cuda" and distributed.world_size() > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.use_bf16 = self._wants_bf16(cfg.TRAIN.PRECISION)
         self.start_epoch = self.epoch = 0
         self.epochs_done = 0  # completed (or loaded) epochs, reported in results.json
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
@@ -317,8 +335,15 @@ class SimpleTrainer(TrainerBase):
         self.best_result = -math.inf
         self.test_results: OrderedDict[str, float] | None = None
 
+    def _wants_bf16(self, precision: str) -> bool:
+        if precision == "auto":
+            return self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return precision == "bf16"
+
     def check_cfg(self, cfg) -> None:
         """Check a trainer's requirements on the config (raise :class:`UserError`)."""
+        if cfg.TRAIN.PRECISION not in ("auto", "bf16", "fp32"):
+            raise UserError(f"TRAIN.PRECISION must be auto, bf16 or fp32, got '{cfg.TRAIN.PRECISION}'")
         if cfg.TEST.FINAL_MODEL not in ("last_step", "best_val"):
             raise UserError(f"TEST.FINAL_MODEL must be 'last_step' or 'best_val', got '{cfg.TEST.FINAL_MODEL}'")
         if cfg.TRAIN.COUNT_ITER not in ("train_x", "train_u", "smaller_one"):
@@ -372,6 +397,7 @@ class SimpleTrainer(TrainerBase):
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.epochs_done = self.resume_model_if_exist(directory)
+        distributed.broadcast_parameters(self._models.values())
         self.init_writer(self.output_dir)
         self.time_start = time.time()
 
@@ -424,7 +450,7 @@ class SimpleTrainer(TrainerBase):
         for batch in self.progress(data_loader, desc=f"eval {split}"):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
-            self.evaluator.process(output, label)
+            self.evaluator.process(output.float(), label)
         results = self.evaluator.evaluate()
         self.write_scalars({f"{split}/{k}": v for k, v in results.items()}, self.epoch, epoch=self.epoch + 1)
         if split == "test":
@@ -470,15 +496,23 @@ class SimpleTrainer(TrainerBase):
         mkdir_if_missing(self.output_dir)
         path = osp.join(self.output_dir, "results.json")
         write_json(self.results_record(metrics), path)
+        if self.cfg.TEST.SAVE_PREDICTIONS:
+            probs, labels, unseen = self.evaluator.arrays
+            np.savez(osp.join(self.output_dir, "predictions.npz"), probs=probs, labels=labels, unseen=unseen,
+                     classnames=np.array([self.lab2cname[k] for k in sorted(self.lab2cname)]))
         logger.info("* auc_u: %.2f", metrics.get("auc_u", float("nan")))
         logger.info("* acc_s: %.2f", metrics.get("acc_s", float("nan")))
         logger.info("* results: %s", path)
 
     def parse_batch_train(self, batch: dict):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+        return self.to_device(batch["img"]), self.to_device(batch["label"])
 
     def parse_batch_test(self, batch: dict):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+        return self.to_device(batch["img"]), self.to_device(batch["label"])
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Copy to the training device without waiting (loaders pin memory on CUDA)."""
+        return tensor.to(self.device, non_blocking=True)
 
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
         return self.model(input)
@@ -574,10 +608,7 @@ class TrainerXU(SimpleTrainer):
         self._run_batches(num_batches, lambda: (draw("x"), draw("u")), self.forward_backward)
 
     def parse_batch_train(self, batch_x: dict, batch_u: dict):  # type: ignore[override]
-        input_x = batch_x["img"].to(self.device)
-        label_x = batch_x["label"].to(self.device)
-        input_u = batch_u["img"].to(self.device)
-        return input_x, label_x, input_u
+        return self.to_device(batch_x["img"]), self.to_device(batch_x["label"]), self.to_device(batch_u["img"])
 
 
 def build_trainer(cfg) -> SimpleTrainer:
