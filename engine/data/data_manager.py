@@ -71,12 +71,28 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def _cache_enabled(cfg) -> bool:
+    # DATALOADER.CACHE.* come from a config hook (engine/data/cache.py): a config made without
+    # extend_cfg lacks them and means the PIL path.
+    return bool(cfg.DATALOADER.get("CACHE", {}).get("ENABLED", False))
+
+
 def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batch_size: int = 64,
                       n_domain: int = 0, tfm: Callable | None = None, is_train: bool = True,
-                      dataset_wrapper: type[Dataset] | None = None, seed: int = 0) -> DataLoader:
-    """A DataLoader over ``data_source`` with a named sampler (Dassl's ``build_data_loader``)."""
+                      dataset_wrapper: type[Dataset] | None = None, seed: int = 0, split: str = "data"):
+    """A DataLoader over ``data_source`` with a named sampler (Dassl's ``build_data_loader``), or with
+    ``DATALOADER.CACHE.ENABLED`` a ``CachedLoader`` with the same sampler, batches and ``drop_last``
+    (``split`` names its cache)."""
     sampler = build_sampler(sampler_type, data_source, batch_size=batch_size, n_domain=n_domain,
                             domain_epoch=cfg.DATALOADER.DOMAIN_EPOCH, seed=seed)
+    drop_last = is_train and len(data_source) >= batch_size
+    if _cache_enabled(cfg):
+        if dataset_wrapper is not None:
+            raise UserError("a custom dataset wrapper needs the PIL path: set DATALOADER.CACHE.ENABLED False")
+        # Imported here: engine.data.cache imports read_image from this module.
+        from engine.data.cached_loader import build_cached_loader
+
+        return build_cached_loader(cfg, sampler, data_source, batch_size, is_train, drop_last, split, seed=seed)
     wrapper = dataset_wrapper or DatasetWrapper
     num_workers = cfg.DATALOADER.NUM_WORKERS
     # Workers are re-seeded from this generator at every pass (no persistent workers), so a run
@@ -88,7 +104,7 @@ def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batc
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        drop_last=is_train and len(data_source) >= batch_size,
+        drop_last=drop_last,
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
         worker_init_fn=_seed_worker,
         generator=generator,
@@ -101,6 +117,8 @@ class DataManager:
     def __init__(self, cfg, custom_tfm_train: Callable | None = None, custom_tfm_test: Callable | None = None,
                  dataset_wrapper: type[Dataset] | None = None, dataset: DatasetBase | None = None) -> None:
         dataset = dataset if dataset is not None else build_dataset(cfg)
+        if _cache_enabled(cfg) and (custom_tfm_train or custom_tfm_test):
+            raise UserError("custom transforms need the PIL path: set DATALOADER.CACHE.ENABLED False")
         tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
         if not dataset.train_x and not dataset.test:
@@ -113,7 +131,7 @@ class DataManager:
         if dataset.train_x:
             self.train_loader_x = build_data_loader(
                 cfg, loader_cfg.TRAIN_X.SAMPLER, dataset.train_x, loader_cfg.TRAIN_X.BATCH_SIZE,
-                loader_cfg.TRAIN_X.N_DOMAIN, tfm_train, True, dataset_wrapper, seed=seed)
+                loader_cfg.TRAIN_X.N_DOMAIN, tfm_train, True, dataset_wrapper, seed=seed, split="train_x")
 
         self.train_loader_u = None
         if dataset.train_u:
@@ -122,17 +140,17 @@ class DataManager:
             sampler_u = "RandomSampler" if u_cfg.SAMPLER == "RandomDomainSampler" else u_cfg.SAMPLER
             self.train_loader_u = build_data_loader(
                 cfg, sampler_u, dataset.train_u, u_cfg.BATCH_SIZE, u_cfg.N_DOMAIN, tfm_train, True,
-                dataset_wrapper, seed=seed + 1 if seed >= 0 else seed)
+                dataset_wrapper, seed=seed + 1 if seed >= 0 else seed, split="train_u")
 
         self.val_loader = None
         if dataset.val:
             self.val_loader = build_data_loader(
                 cfg, loader_cfg.TEST.SAMPLER, dataset.val, loader_cfg.TEST.BATCH_SIZE, tfm=tfm_test,
-                is_train=False, dataset_wrapper=dataset_wrapper, seed=seed)
+                is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="val")
 
         self.test_loader = build_data_loader(
             cfg, loader_cfg.TEST.SAMPLER, dataset.test or [], loader_cfg.TEST.BATCH_SIZE, tfm=tfm_test,
-            is_train=False, dataset_wrapper=dataset_wrapper, seed=seed)
+            is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="test")
 
         self._num_classes = dataset.num_classes
         self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)

@@ -76,9 +76,10 @@ class PromptLearner(nn.Module):
             self.text_lens.append(n)
         self.n_cls, self.n_ctx, self.position = len(texts), n_ctx, position
         width = clip_model.ln_final.weight.shape[0]
+        device = clip_model.token_embedding.weight.device  # token ids must meet the embedding there
         if init_words:
             with torch.no_grad():
-                words = clip_model.token_embedding(tokenize([init_words]))[0, 1: 1 + n_ctx].float()
+                words = clip_model.token_embedding(tokenize([init_words]).to(device))[0, 1: 1 + n_ctx].float()
             self.ctx = nn.Parameter(words.expand(self.n_cls, -1, -1).clone() if class_specific else words.clone())
         elif n_ctx > 0:
             shape = (self.n_cls, n_ctx, width) if class_specific else (n_ctx, width)
@@ -86,7 +87,7 @@ class PromptLearner(nn.Module):
         else:
             self.ctx = None
         placeholder = " ".join(["X"] * n_ctx)
-        tokenized = tokenize([f"{placeholder} {t}".strip() for t in texts])
+        tokenized = tokenize([f"{placeholder} {t}".strip() for t in texts]).to(device)
         with torch.no_grad():
             embedding = clip_model.token_embedding(tokenized).float()
         self.register_buffer("tokenized_prompts", tokenized, persistent=False)

@@ -1,0 +1,269 @@
+"""``CachedLoader``: batches from the decoded-image cache, augmented on the training device.
+
+A drop-in for the ``DataLoader`` in the trainer loop (``DataManager`` builds one per split when
+``DATALOADER.CACHE.ENABLED``): ``len(loader)`` batches per pass, ``iter(loader)`` yielding dicts with
+``img`` (float32, normalised, on the device), ``label``, ``domain``, ``index`` (int64 tensors on the
+device) and ``impath`` (list of str); ``loader.sampler`` is the sampler the PIL path builds
+(``build_sampler``), so for the same seed the samples come in the same order and batches;
+``loader.generator`` is the augmentation generator on the device (``get_state`` / ``set_state``
+for checkpoints); ``loader.dataset`` is the list of :class:`Datum`.
+
+Two residencies of the uint8 array (``DATALOADER.CACHE.ON_DEVICE``):
+
+- on the device: copied once; a batch is one gather there, no host work at all;
+- memory-mapped on the host (default): a background thread gathers each batch's rows in sorted
+  index order (sequential reads of the file) into pinned memory, up to ``prefetch`` batches ahead;
+  the main thread copies a batch with ``non_blocking=True`` and restores the sampler's order on
+  the device.
+
+Random augmentation runs in the main thread, in batch order, when a batch is taken: the generator's
+state therefore depends only on the batches consumed, never on how far the thread has read ahead,
+and a checkpoint restores it exactly. Nothing per batch waits for the device: indices go to the
+device once per pass, and labels and domains are gathered there.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from engine.data.cache import cache_size, cache_workers, open_decoded_cache
+from engine.data.datasets import Datum
+from engine.data.device_aug import DeviceAugment
+from engine.utils.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+# Host memory per chunk when the whole array is copied to the device
+_UPLOAD_CHUNK_BYTES = 256 * 2**20
+# Seconds between checks that the gathering thread is still alive while waiting for a batch
+_GET_TIMEOUT_S = 1.0
+
+
+def loader_device(cfg) -> torch.device:
+    """The trainer's device (``SimpleTrainer.device``): the current CUDA device when
+    ``USE_CUDA`` and a GPU is present (set per rank under torchrun), else the CPU."""
+    if torch.cuda.is_available() and cfg.USE_CUDA:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class CachedLoader:
+    """Iterates batches of ``data_source`` in ``sampler`` order from ``images`` (see module docstring).
+
+    Args:
+        images: uint8 ``(N, S, S, 3)`` array, row ``i`` being ``data_source[i]`` (a memory map or not).
+        data_source: the split's items.
+        sampler: yields indices into ``data_source``; a new pass per ``iter(loader)``.
+        batch_size: images per batch.
+        augment: the transform applied to each batch on ``device``.
+        device: where batches are produced.
+        drop_last: drop a last incomplete batch (training).
+        on_device: copy ``images`` to ``device`` once instead of gathering on the host per batch.
+        seed: seeds the augmentation generator; negative for a random seed.
+        k_transforms: ``DATALOADER.K_TRANSFORMS``; views 2..k are returned as ``img2``, ``img3``...
+        img0_augment: when given, ``img0`` holds the batch through this (un-augmented) transform.
+        prefetch: batches the host thread may read ahead (memory-mapped residency).
+    """
+
+    def __init__(self, images: np.ndarray, data_source: Sequence[Datum], sampler: Sampler, batch_size: int,
+                 augment: DeviceAugment, device: torch.device | str, *, drop_last: bool = False,
+                 on_device: bool = False, seed: int = 0, k_transforms: int = 1,
+                 img0_augment: DeviceAugment | None = None, prefetch: int = 2) -> None:
+        if len(images) != len(data_source):
+            raise ValueError(f"{len(images)} cached images for {len(data_source)} items")
+        if batch_size < 1:
+            raise UserError(f"batch size must be positive, got {batch_size}")
+        self.dataset = list(data_source)
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.augment = augment
+        self.img0_augment = img0_augment
+        self.k_transforms = max(1, int(k_transforms))
+        self.device = torch.device(device)
+        self.prefetch = max(1, int(prefetch))
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed if seed >= 0 else int(torch.randint(2**31, ()).item()))
+        self.images = images
+        self.images_on_device = _upload(images, self.device) if on_device else None
+        self._impaths = [item.impath for item in self.dataset]
+        self._labels = torch.tensor([item.label for item in self.dataset], dtype=torch.long).to(self.device)
+        self._domains = torch.tensor([item.domain for item in self.dataset], dtype=torch.long).to(self.device)
+
+    @property
+    def on_device(self) -> bool:
+        return self.images_on_device is not None
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> "_CachedLoaderIter":
+        return _CachedLoaderIter(self)
+
+    def augment_batch(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The image entries of a batch from its uint8 pixels on the device."""
+        out = {"img": self.augment(images, self.generator)}
+        for k in range(2, self.k_transforms + 1):
+            out[f"img{k}"] = self.augment(images, self.generator)
+        if self.img0_augment is not None:
+            out["img0"] = self.img0_augment(images, self.generator)
+        return out
+
+
+class _CachedLoaderIter:
+    """One pass over the sampler's order (what ``iter(loader)`` returns)."""
+
+    def __init__(self, loader: CachedLoader) -> None:
+        self._stop = threading.Event()  # first: __del__ needs it even if the sampler raises
+        self.loader = loader
+        order = list(loader.sampler)  # starts the sampler's next pass, as a DataLoader iterator does
+        bs = loader.batch_size
+        n_batches = len(order) // bs if loader.drop_last else math.ceil(len(order) / bs)
+        self._bounds = [(k * bs, min((k + 1) * bs, len(order))) for k in range(n_batches)]
+        self._order = order
+        self._order_device = _to_device(torch.tensor(order, dtype=torch.long), loader.device)
+        self._next = 0
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        if not loader.on_device and self._bounds:
+            self._queue = queue.Queue(maxsize=loader.prefetch)
+            batches = [np.asarray(order[a:b], dtype=np.int64) for a, b in self._bounds]
+            self._thread = threading.Thread(
+                target=_gather_batches, name="CachedLoader-gather", daemon=True,
+                args=(loader.images, batches, self._queue, self._stop, loader.device.type == "cuda"))
+            self._thread.start()
+
+    def __iter__(self) -> "_CachedLoaderIter":
+        return self
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def __next__(self) -> dict:
+        if self._next >= len(self._bounds):
+            self.close()
+            raise StopIteration
+        start, stop = self._bounds[self._next]
+        self._next += 1
+        index = self._order_device[start:stop]
+        images = self._images(index)
+        loader = self.loader
+        batch = {"label": loader._labels.index_select(0, index),
+                 "domain": loader._domains.index_select(0, index),
+                 "index": index,
+                 "impath": [loader._impaths[i] for i in self._order[start:stop]]}
+        batch.update(loader.augment_batch(images))
+        return batch
+
+    def _images(self, index: torch.Tensor) -> torch.Tensor:
+        """The batch's uint8 pixels on the device, in sampler order."""
+        if self.loader.on_device:
+            return self.loader.images_on_device.index_select(0, index)
+        rows = self._take().to(self.loader.device, non_blocking=True)
+        # The thread read the rows in sorted index order; row k belongs at position perm[k].
+        perm = torch.argsort(index, stable=True)
+        return torch.empty_like(rows).index_copy_(0, perm, rows)
+
+    def _take(self) -> torch.Tensor:
+        while True:
+            try:
+                item = self._queue.get(timeout=_GET_TIMEOUT_S)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the cache gathering thread stopped without a batch") from None
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading ahead (an abandoned pass frees its thread)."""
+        self._stop.set()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _gather_batches(images: np.ndarray, batches: list[np.ndarray], out: queue.Queue, stop: threading.Event,
+                    pin: bool) -> None:
+    """Thread body: each batch's rows, read in sorted index order, into (pinned) host tensors."""
+    try:
+        for index in batches:
+            rows = torch.empty((len(index), *images.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+            # mode="clip" writes straight into ``rows`` (mode="raise" buffers); indices are valid
+            np.take(images, np.sort(index), axis=0, out=rows.numpy(), mode="clip")
+            if not _put(out, rows, stop):
+                return
+    except BaseException as e:  # handed to the consumer, which raises it
+        _put(out, e, stop)
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` unless the consumer stops first; True when it was put."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy without making the host wait: via pinned memory on CUDA."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def _upload(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The whole array on ``device``, copied in chunks (bounded host memory beyond the memory map)."""
+    try:
+        out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(f"the decoded images ({images.nbytes / 2**30:.1f} GiB) do not fit on {device}: "
+                        f"set DATALOADER.CACHE.ON_DEVICE False") from None
+    row_bytes = max(1, int(np.prod(images.shape[1:])))
+    rows = max(1, _UPLOAD_CHUNK_BYTES // row_bytes)
+    for start in range(0, len(images), rows):
+        # np.array copies the read-only memory map into memory torch may own
+        out[start: start + rows].copy_(torch.from_numpy(np.array(images[start: start + rows])))
+    return out
+
+
+def check_cache_config(cfg) -> None:
+    """Settings the cache cannot honour are a :class:`UserError` (before anything is decoded)."""
+    if cfg.INPUT.NO_TRANSFORM:
+        raise UserError("INPUT.NO_TRANSFORM cannot be used with DATALOADER.CACHE.ENABLED (cached images have "
+                        "one size and are always resized to INPUT.SIZE); disable one of them")
+    DeviceAugment.from_cfg(cfg, train=True)  # raises on unsupported INPUT.TRANSFORMS
+    cache_size(cfg)
+
+
+def build_cached_loader(cfg, sampler: Sampler, data_source: Sequence[Datum], batch_size: int, is_train: bool,
+                        drop_last: bool, split: str, seed: int = 0,
+                        device: torch.device | None = None) -> CachedLoader:
+    """A :class:`CachedLoader` for one split, its cache loaded or built (``build_data_loader``'s
+    counterpart; it receives that function's sampler, batch size and ``drop_last``)."""
+    check_cache_config(cfg)
+    c = cfg.DATALOADER.CACHE
+    size = cache_size(cfg)
+    if size < max(cfg.INPUT.SIZE):
+        logger.warning("DATALOADER.CACHE.SIZE %d is below INPUT.SIZE %s: cached images will be enlarged",
+                       size, tuple(cfg.INPUT.SIZE))
+    images = open_decoded_cache(data_source, c.DIR, cfg.DATASET.NAME, split, size, cfg.INPUT.INTERPOLATION,
+                                num_workers=cache_workers(cfg))
+    img0 = DeviceAugment.from_cfg(cfg, train=False, choices=["normalize"]) if cfg.DATALOADER.RETURN_IMG0 else None
+    return CachedLoader(
+        images, data_source, sampler, batch_size, DeviceAugment.from_cfg(cfg, train=is_train),
+        device if device is not None else loader_device(cfg), drop_last=drop_last, on_device=c.ON_DEVICE,
+        seed=seed, k_transforms=cfg.DATALOADER.K_TRANSFORMS if is_train else 1, img0_augment=img0)

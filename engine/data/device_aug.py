@@ -1,0 +1,276 @@
+"""Augmentation on the training device, for uint8 batches gathered from the decoded-image cache.
+
+:class:`DeviceAugment` turns a ``(B, H, W, 3)`` uint8 batch (the cached squares, ``H = W =
+DATALOADER.CACHE.SIZE``) into a normalised ``(B, 3, h, w)`` float32 batch at ``INPUT.SIZE`` on the
+batch's device, with every random draw taken from one ``torch.Generator`` on that device. Nothing
+in it reads a value back to the host, so it never synchronises with the device.
+
+Supported ``INPUT.TRANSFORMS`` (anything else is a :class:`UserError` when the cache is on):
+
+- ``random_resized_crop``: torchvision's ``RandomResizedCrop.get_params``, vectorised over the
+  batch: ten attempts per image of an area uniform in ``INPUT.RRCROP_SCALE`` times the image area
+  and an aspect ratio log-uniform in (3/4, 4/3), rounded to whole pixels; the first attempt that
+  fits is used, else torchvision's centre-crop fallback; the offset is uniform over the valid
+  positions. The box is resized to ``INPUT.SIZE``.
+- ``random_flip``: horizontal flip with probability 0.5.
+- ``center_crop``: accepted; after a resize to ``INPUT.SIZE`` it is the identity, as on the PIL path.
+- ``randomgrayscale``: with probability ``INPUT.RGS_P``, ITU-R 601 luma (PIL's ``convert("L")``
+  weights) copied to the three channels.
+- ``gaussian_noise``: ``N(INPUT.GN_MEAN, INPUT.GN_STD)`` added to the [0, 1] image, clamped to [0, 1].
+- ``normalize``: ``(x - INPUT.PIXEL_MEAN) / INPUT.PIXEL_STD`` on the [0, 1] image.
+
+Without ``random_resized_crop`` a training image is resized to ``INPUT.SIZE`` whole (as the PIL
+path's ``Resize(INPUT.SIZE)``). Test mode (and ``img0``) is the PIL test transform: resize the short
+side to ``max(INPUT.SIZE)``, centre-crop ``INPUT.SIZE``, then ``normalize`` if chosen; when the
+cache size is ``max(INPUT.SIZE)`` (the default) both steps are exact integer crops, so test pixels
+equal the PIL path's bit for bit before normalisation.
+
+Where training differs from the PIL path (same augmentations, parameters and ranges):
+
+1. The crop is taken from the cached centre square, not from the whole decoded image: for a
+   non-square image the parts outside the centre square can never be seen, and the crop's area
+   range is relative to the square. FER face crops are (nearly) square, so this rarely matters.
+2. The crop is resized by bilinear ``grid_sample`` (the flip folded into the same affine map), not
+   PIL's antialiased ``INPUT.INTERPOLATION`` (bicubic by default): slightly softer when a crop is
+   enlarged, and without antialiasing when a crop is larger than ``INPUT.SIZE``, which can only
+   happen when ``DATALOADER.CACHE.SIZE`` exceeds ``max(INPUT.SIZE)``. Samples near the box edge
+   blend up to half a source pixel beyond it (PIL resamples the cropped box alone); samples beyond
+   the image edge repeat the border pixel.
+3. Intermediate results stay float; PIL rounds to uint8 after the resize and after grayscale.
+4. The random stream differs (one generator on the device, not torch's global CPU generator), so
+   individual draws differ from the PIL path's; their distributions do not.
+5. The image is decoded and resized to the cache size once (PIL, ``INPUT.INTERPOLATION``), so an
+   image is resampled twice when its crop is resized: once into the cache, once to ``INPUT.SIZE``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from engine.data.transforms import AVAILABLE_TRANSFORMS, INTERPOLATION_MODES
+from engine.utils.errors import UserError
+
+SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "randomgrayscale",
+                        "gaussian_noise", "normalize")
+# torchvision's RandomResizedCrop defaults, which the PIL path keeps
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+RRC_ATTEMPTS = 10
+# PIL's convert("L") weights (ITU-R 601-2 luma), which RandomGrayscale uses
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def check_transforms(choices: Sequence[str]) -> None:
+    """Raise a :class:`UserError` unless every transform in ``choices`` runs on the device."""
+    unknown = [c for c in choices if c not in AVAILABLE_TRANSFORMS]
+    if unknown:
+        raise UserError(f"unknown transform(s) {', '.join(unknown)} in INPUT.TRANSFORMS; "
+                        f"available: {', '.join(AVAILABLE_TRANSFORMS)}")
+    unsupported = [c for c in choices if c not in SUPPORTED_TRANSFORMS]
+    if unsupported:
+        raise UserError(f"INPUT.TRANSFORMS {', '.join(unsupported)} cannot run on the decoded-image cache "
+                        f"(device augmentation supports {', '.join(SUPPORTED_TRANSFORMS)}): set "
+                        f"DATALOADER.CACHE.ENABLED False to use the PIL path, or drop them")
+
+
+def sample_resized_crop_params(batch: int, height: int, width: int, scale: tuple[float, float],
+                               ratio: tuple[float, float] = RRC_RATIO, generator: torch.Generator | None = None,
+                               device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """``RandomResizedCrop.get_params`` for ``batch`` images at once: ``(top, left, h, w)``, each a
+    ``(batch,)`` int64 tensor of pixels on ``device``.
+
+    All ten attempts are drawn for every image and the first valid one is kept, which gives the same
+    distribution as torchvision's loop that stops at the first valid attempt.
+    """
+    area = float(height * width)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    u_area = torch.rand(batch, RRC_ATTEMPTS, generator=generator, device=device)
+    u_ratio = torch.rand(batch, RRC_ATTEMPTS, generator=generator, device=device)
+    u_top = torch.rand(batch, generator=generator, device=device)
+    u_left = torch.rand(batch, generator=generator, device=device)
+    # float64: torchvision computes these in Python floats, and rounding to whole pixels is sensitive
+    target = area * (scale[0] + (scale[1] - scale[0]) * u_area.double())
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_ratio.double())
+    # torch.round, like Python's round, rounds halves to even
+    w = torch.round(torch.sqrt(target * aspect)).long()
+    h = torch.round(torch.sqrt(target / aspect)).long()
+    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = valid.int().argmax(dim=1, keepdim=True)  # index of the first valid attempt (0 if none)
+    found = valid.any(dim=1)
+    fb_top, fb_left, fb_h, fb_w = _center_crop_fallback(height, width, ratio)
+    h = torch.where(found, h.gather(1, first).squeeze(1), fb_h)
+    w = torch.where(found, w.gather(1, first).squeeze(1), fb_w)
+    # uniform integer offsets in [0, height - h]; the clamp guards float rounding at u -> 1
+    top = torch.minimum((u_top.double() * (height - h + 1)).long(), height - h)
+    left = torch.minimum((u_left.double() * (width - w + 1)).long(), width - w)
+    top = torch.where(found, top, fb_top)
+    left = torch.where(found, left, fb_left)
+    return top, left, h, w
+
+
+def _center_crop_fallback(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """torchvision's fallback when no attempt fits: the largest centred box within ``ratio``."""
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def crop_resize_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: torch.Tensor,
+                     w: torch.Tensor, flip: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """Resize each image's box ``(top, left, h, w)`` to ``out_size``, mirrored where ``flip``.
+
+    ``images`` is ``(B, C, H, W)`` float. One affine map per image sends the output's pixel edges
+    onto the box's pixel edges (PIL's geometry for ``img.crop(box).resize(out_size)``); a flip negates
+    the map's x scale. Bilinear sampling, border pixels repeated outside the image.
+    """
+    batch, _, in_h, in_w = images.shape
+    dtype = images.dtype
+    sx = w.to(dtype) / in_w * torch.where(flip, -1.0, 1.0).to(dtype)
+    sy = h.to(dtype) / in_h
+    # box centre in normalised coordinates (align_corners=False: -1 and 1 are the outer pixel edges)
+    tx = (2 * left + w).to(dtype) / in_w - 1
+    ty = (2 * top + h).to(dtype) / in_h - 1
+    zero = torch.zeros_like(sx)
+    theta = torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
+    grid = F.affine_grid(theta, [batch, images.shape[1], *out_size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def resize_short_side(images: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
+    """``T.Resize(size)`` on a ``(B, C, H, W)`` float batch in [0, 255]: short side to ``size``, long
+    side ``int(size * long / short)`` as torchvision computes it, antialiased (torch's antialiased
+    bicubic uses PIL's kernel), rounded and clipped to uint8 values as PIL's output is."""
+    in_h, in_w = images.shape[-2:]
+    if min(in_h, in_w) == size:
+        return images
+    if in_h <= in_w:
+        out = (size, int(size * in_w / in_h))
+    else:
+        out = (int(size * in_h / in_w), size)
+    return _resize(images, out, interpolation).round_().clamp_(0, 255)
+
+
+def _resize(images: torch.Tensor, out_size: tuple[int, int], interpolation: str) -> torch.Tensor:
+    if interpolation == "nearest":
+        return F.interpolate(images, size=out_size, mode="nearest")
+    return F.interpolate(images, size=out_size, mode=interpolation, align_corners=False, antialias=True)
+
+
+def center_crop(images: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """``T.CenterCrop(out_size)`` (same rounding of the offsets) for images at least that large."""
+    in_h, in_w = images.shape[-2:]
+    top = int(round((in_h - out_size[0]) / 2.0))
+    left = int(round((in_w - out_size[1]) / 2.0))
+    return images[..., top: top + out_size[0], left: left + out_size[1]]
+
+
+class DeviceAugment:
+    """The configured train or test transform for uint8 ``(B, H, W, 3)`` batches (see module docstring).
+
+    Calling it returns a float32 ``(B, 3, h, w)`` batch on the input's device; ``generator`` (on that
+    device) supplies every random draw, so saving and restoring its state replays the same batch.
+    """
+
+    def __init__(self, out_size: tuple[int, int], train: bool, *, random_resized_crop: bool = False,
+                 scale: tuple[float, float] = (0.08, 1.0), flip: bool = False, grayscale_p: float = 0.0,
+                 noise: tuple[float, float] | None = None, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, interpolation: str = "bicubic") -> None:
+        if interpolation not in INTERPOLATION_MODES:
+            raise UserError(f"INPUT.INTERPOLATION must be one of {', '.join(INTERPOLATION_MODES)}, "
+                            f"got '{interpolation}'")
+        self.out_size = (int(out_size[0]), int(out_size[1]))
+        self.train = train
+        self.random_resized_crop = random_resized_crop
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.flip = flip
+        self.grayscale_p = float(grayscale_p)
+        self.noise = noise
+        self.mean = None if mean is None else tuple(float(m) for m in mean)
+        self.std = None if std is None else tuple(float(s) for s in std)
+        self.interpolation = interpolation
+        # Constants live on the device once: building them per batch would copy from pageable host
+        # memory, which waits for the device.
+        self._constants: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_cfg(cls, cfg, train: bool, choices: Sequence[str] | None = None) -> "DeviceAugment":
+        """The device counterpart of ``build_transform(cfg, is_train=train, choices)``."""
+        choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
+        check_transforms(choices)
+        normalize = "normalize" in choices
+        return cls(
+            tuple(cfg.INPUT.SIZE), train,
+            random_resized_crop=train and "random_resized_crop" in choices,
+            scale=tuple(cfg.INPUT.RRCROP_SCALE),
+            flip=train and "random_flip" in choices,
+            grayscale_p=cfg.INPUT.RGS_P if train and "randomgrayscale" in choices else 0.0,
+            noise=(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD) if train and "gaussian_noise" in choices else None,
+            mean=cfg.INPUT.PIXEL_MEAN if normalize else None,
+            std=cfg.INPUT.PIXEL_STD if normalize else None,
+            interpolation=cfg.INPUT.INTERPOLATION,
+        )
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected a uint8 (B, H, W, 3) batch, got {tuple(images.shape)} {images.dtype}")
+        x = images.permute(0, 3, 1, 2).float()  # (B, 3, H, W) in [0, 255]
+        x = self._geometry_train(x, generator) if self.train else self._geometry_test(x)
+        x = x / 255.0
+        if self.train and self.grayscale_p > 0:
+            x = self._random_grayscale(x, generator)
+        if self.train and self.noise is not None:
+            mean, std = self.noise
+            noise = torch.randn(x.shape, generator=generator, device=x.device)
+            x = (x + noise * std + mean).clamp_(0, 1)
+        if self.mean is not None:
+            x = self._normalize(x)
+        return x.contiguous()
+
+    def _geometry_train(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        batch, _, in_h, in_w = x.shape
+        if self.flip:
+            flip = torch.rand(batch, generator=generator, device=x.device) < 0.5
+        else:
+            flip = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        if self.random_resized_crop:
+            top, left, h, w = sample_resized_crop_params(batch, in_h, in_w, self.scale, RRC_RATIO, generator, x.device)
+            return crop_resize_flip(x, top, left, h, w, flip, self.out_size)
+        # Resize(INPUT.SIZE) of the whole image, as the PIL path does without random_resized_crop
+        if (in_h, in_w) != self.out_size:
+            x = _resize(x, self.out_size, self.interpolation)
+        return torch.where(flip[:, None, None, None], x.flip(-1), x) if self.flip else x
+
+    def _geometry_test(self, x: torch.Tensor) -> torch.Tensor:
+        x = resize_short_side(x, max(self.out_size), self.interpolation)
+        return center_crop(x, self.out_size)
+
+    def _constant(self, values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+        """``values`` as a ``(1, C, 1, 1)`` tensor on ``like``'s device, made once per device."""
+        key = (values, like.device, like.dtype)
+        if key not in self._constants:
+            self._constants[key] = torch.tensor(values, dtype=like.dtype).view(1, -1, 1, 1).to(like.device)
+        return self._constants[key]
+
+    def _random_grayscale(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        weights = self._constant(LUMA_WEIGHTS, x)
+        gray = (x * weights).sum(dim=1, keepdim=True).expand_as(x)
+        chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < self.grayscale_p
+        return torch.where(chosen[:, None, None, None], gray, x)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._constant(self.mean, x)) / self._constant(self.std, x)
+
+    def __repr__(self) -> str:
+        parts = [f"out_size={self.out_size}", f"train={self.train}"]
+        if self.train:
+            parts += [f"random_resized_crop={self.random_resized_crop}", f"scale={self.scale}", f"flip={self.flip}",
+                      f"grayscale_p={self.grayscale_p}", f"noise={self.noise}"]
+        parts.append(f"normalize={self.mean is not None}")
+        return f"{self.__class__.__name__}({', '.join(parts)})"
