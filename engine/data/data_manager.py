@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from engine.data.datasets import DatasetBase, Datum, build_dataset
 from engine.data.samplers import build_sampler
 from engine.data.transforms import build_transform
+from engine.utils import distributed
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,14 @@ def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batc
     """A DataLoader over ``data_source`` with a named sampler (Dassl's ``build_data_loader``), or with
     ``DATALOADER.CACHE.ENABLED`` a ``CachedLoader`` with the same sampler, batches and ``drop_last``
     (``split`` names its cache)."""
+    # Under torchrun the sampler yields this rank's share of the global order and a training batch
+    # is this rank's share of the global batch (engine.utils.distributed).
     sampler = build_sampler(sampler_type, data_source, batch_size=batch_size, n_domain=n_domain,
-                            domain_epoch=cfg.DATALOADER.DOMAIN_EPOCH, seed=seed)
+                            domain_epoch=cfg.DATALOADER.DOMAIN_EPOCH, seed=seed,
+                            rank=distributed.rank(), world=distributed.world_size())
     drop_last = is_train and len(data_source) >= batch_size
+    if is_train:
+        batch_size = distributed.shard_batch_size(batch_size)
     if _cache_enabled(cfg):
         if dataset_wrapper is not None:
             raise UserError("a custom dataset wrapper needs the PIL path: set DATALOADER.CACHE.ENABLED False")

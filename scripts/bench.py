@@ -1,0 +1,153 @@
+"""Throughput of the real PromptEmo training step: a Dassl-style pipeline against this project's fast path.
+
+    python scripts/bench.py                                # CPU: tiny backbone, well under a minute
+    python scripts/bench.py --backbone ViT-B/32 --batch 256  # GPU: the paper's architecture (random weights)
+
+Both pipelines run the same trainer (``PromptEmo``: source and target images through the image encoder,
+prompts through the text encoder, every loss, the optimiser step) on the same synthetic images, saved
+as JPEG files of ``--image-size`` pixels so that decoding costs what it costs on real data:
+
+- ``dassl``: PIL decoding and augmentation in DataLoader workers on every step, fp32, plain AdamW
+  (how Dassl/CoOp-style code trains);
+- ``fast``: the decoded-image cache with augmentation on the device (resident on the GPU there),
+  bf16 autocast where the device has it, fused AdamW, ``torch.compile`` of the image encoder on GPUs.
+
+Images/s counts every image through the encoder (source + target). The last line is exactly
+``speedup <fast / dassl>``. ``--backbone ViT-B/32`` uses the released architecture with random weights
+(``random:ViT-B/32``): throughput does not depend on the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import datasets  # noqa: E402,F401
+import trainers  # noqa: E402,F401
+from datasets import synthetic  # noqa: E402
+from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list  # noqa: E402
+from engine.trainer import build_trainer  # noqa: E402
+from engine.utils.logger import setup_logger  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES, TARGET = ["synth_color", "synth_gray", "synth_lab"], "synth_wild"
+PREFIX = "bench_"  # the JPEG copies are plain folder domains, e.g. bench_synth_color
+
+
+def prepare_images(root: str, image_size: int, per_class: int) -> str:
+    """Synthetic domains as JPEG folder domains of ``image_size`` pixels; returns their root."""
+    raw = os.path.join(root, "raw")
+    synthetic.ensure_domains(raw, SOURCES + [TARGET], n_train_per_class=per_class, n_test_per_class=4,
+                             size=64, seed=0, progress=False)
+    out = os.path.join(root, f"jpeg{image_size}")
+    if os.path.isdir(out):
+        return out
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    files = [(dirpath, f) for dirpath, _, names in os.walk(raw) for f in names if f.endswith(".png")]
+    for dirpath, name in tqdm(files, desc=f"JPEG copies at {image_size}px", leave=False):
+        rel = PREFIX + os.path.relpath(dirpath, raw)
+        os.makedirs(os.path.join(tmp, rel), exist_ok=True)
+        with Image.open(os.path.join(dirpath, name)) as img:
+            img.convert("RGB").resize((image_size, image_size), Image.BICUBIC).save(
+                os.path.join(tmp, rel, name[:-4] + ".jpg"), quality=90)
+    os.replace(tmp, out)
+    return out
+
+
+def build(args: argparse.Namespace, data_root: str, fast: bool, cache_dir: str, out_dir: str):
+    cuda = torch.cuda.is_available()
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    config = "vit_b32.yaml" if args.backbone != "tiny" else "tiny.yaml"
+    merge_from_file(cfg, os.path.join(REPO, "configs", "trainers", "PromptEmo", config))
+    merge_from_file(cfg, os.path.join(REPO, "configs", "datasets", "synthetic.yaml"))
+    domains = ["DATASET.SOURCE_DOMAINS", ",".join(PREFIX + d for d in SOURCES), "DATASET.TARGET_DOMAINS", PREFIX + TARGET]
+    backbone = args.backbone if args.backbone == "tiny" else f"random:{args.backbone}"
+    size = 32 if args.backbone == "tiny" else 224
+    opts = ["DATASET.ROOT", data_root, "OUTPUT_DIR", out_dir, "VERBOSE", "False", "MODEL.BACKBONE.NAME", backbone,
+            "INPUT.SIZE", f"({size}, {size})", "INPUT.TRANSFORMS", "['random_resized_crop','random_flip','normalize']",
+            "DATALOADER.TRAIN_X.BATCH_SIZE", str(args.batch), "DATALOADER.NUM_WORKERS", str(args.workers),
+            "DATALOADER.TRAIN_X.SAMPLER", "RandomDomainSampler", "TRAIN.PRINT_FREQ", str(10**9), "SEED", "1",
+            *domains]
+    if fast:
+        opts += ["DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", cache_dir,
+                 "DATALOADER.CACHE.ON_DEVICE", str(cuda), "TRAIN.PRECISION", "auto", "OPTIM.FUSED", "True",
+                 "MODEL.COMPILE", str(cuda and not args.no_compile)]
+    else:
+        opts += ["TRAIN.PRECISION", "fp32", "OPTIM.FUSED", "False", "MODEL.COMPILE", "False"]
+    merge_from_list(cfg, opts)
+    cfg.freeze()
+    return build_trainer(cfg)
+
+
+def endless(loader):
+    while True:
+        yield from loader
+
+
+def measure(trainer, warmup: int, steps: int) -> tuple[float, float]:
+    """(images/s, ms/step) of ``forward_backward`` fed by the trainer's own loaders."""
+    trainer.set_model_mode("train")
+    xs, us = endless(trainer.train_loader_x), endless(trainer.train_loader_u)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    images = 0
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            start = time.perf_counter()
+            images = 0
+        batch_x, batch_u = next(xs), next(us)
+        images += len(batch_x["index"]) + len(batch_u["index"])
+        trainer.forward_backward(batch_x, batch_u)
+    sync()
+    elapsed = time.perf_counter() - start
+    return images / elapsed, 1000 * elapsed / steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backbone", default="ViT-B/32" if cuda else "tiny", help="tiny, ViT-B/32 or ViT-B/16")
+    p.add_argument("--batch", type=int, default=256 if cuda else 48, help="source batch (the target batch is equal)")
+    p.add_argument("--steps", type=int, default=30 if cuda else 8, help="timed steps per pipeline")
+    p.add_argument("--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation...)")
+    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader workers (dassl)")
+    p.add_argument("--image-size", type=int, default=256 if cuda else 64, help="JPEG size on disk")
+    p.add_argument("--per-class", type=int, default=40, help="synthetic training images per class and domain")
+    p.add_argument("--work-dir", default=None, help="where images and caches go (default: a temporary folder)")
+    p.add_argument("--no-compile", action="store_true", help="fast path without torch.compile")
+    args = p.parse_args(argv)
+
+    setup_logger(None, console=False)
+    work = args.work_dir or tempfile.mkdtemp(prefix="promptemo-bench-")
+    data_root = prepare_images(work, args.image_size, args.per_class)
+    rows, rates = [], []
+    for name, fast in (("dassl", False), ("fast", True)):
+        trainer = build(args, data_root, fast, os.path.join(work, "cache"), os.path.join(work, "out", name))
+        ips, ms = measure(trainer, args.warmup, args.steps)
+        rows.append([name, f"{ips:,.0f}", f"{ms:.1f}"])
+        rates.append(ips)
+        del trainer
+        if cuda:
+            torch.cuda.empty_cache()
+    device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
+    print(f"PromptEmo training step, backbone {args.backbone}, batch {args.batch} source + {args.batch} target, "
+          f"{args.image_size}px JPEGs, {device}, torch {torch.__version__}")
+    print(tabulate(rows, headers=["pipeline", "images/s", "ms/step"], tablefmt="github"))
+    print(f"speedup {rates[1] / rates[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
