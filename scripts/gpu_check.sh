@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One prepared GPU check (a lent machine has no network): the throughput benchmark on ViT-B/32, then
+# the test suite on CUDA (tests pick the GPU when one is present). Writes logs to $OUT (or ./gpu_check).
+#   bash scripts/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-gpu_check}"
+mkdir -p "$OUT"
+export TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+if [ -d .whl ]; then  # packages the machine lacks, carried as wheels
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
+timeout "${BENCH_TIMEOUT:-240}" python3 scripts/bench.py --backbone ViT-B/32 --batch 256 --steps 30 --warmup 10 \
+  --work-dir /tmp/bench 2>&1 | tee "$OUT/bench.log"
+if ! grep -q '^speedup' "$OUT/bench.log"; then
+  echo "bench with torch.compile failed; retrying without" | tee -a "$OUT/bench.log"
+  timeout 150 python3 scripts/bench.py --backbone ViT-B/32 --batch 256 --steps 30 --warmup 5 --no-compile \
+    --work-dir /tmp/bench 2>&1 | tee -a "$OUT/bench.log"
+fi
+timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -x -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cuda.log" | tail -25
