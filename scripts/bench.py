@@ -115,6 +115,16 @@ def measure(trainer, warmup: int, steps: int) -> tuple[float, float]:
     return images / elapsed, 1000 * elapsed / steps
 
 
+def profile(trainer, steps: int = 3) -> None:
+    """The ten GPU kernels that take the most time over a few fast-path steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        measure(trainer, 0, steps)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=60))
+
+
 def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -124,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation...)")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader workers (dassl)")
     p.add_argument("--image-size", type=int, default=256 if cuda else 64, help="JPEG size on disk")
-    p.add_argument("--per-class", type=int, default=40, help="synthetic training images per class and domain")
+    p.add_argument("--per-class", type=int, default=150 if cuda else 40,
+                   help="synthetic training images per class and domain (the target pool should hold several batches)")
+    p.add_argument("--profile", action="store_true", help="also print the fast path's most expensive GPU kernels")
     p.add_argument("--work-dir", default=None, help="where images and caches go (default: a temporary folder)")
     p.add_argument("--no-compile", action="store_true", help="fast path without torch.compile")
     args = p.parse_args(argv)
@@ -138,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         ips, ms = measure(trainer, args.warmup, args.steps)
         rows.append([name, f"{ips:,.0f}", f"{ms:.1f}"])
         rates.append(ips)
+        if fast and args.profile and cuda:
+            profile(trainer)
         del trainer
         if cuda:
             torch.cuda.empty_cache()

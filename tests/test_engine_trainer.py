@@ -89,7 +89,7 @@ def test_resume_restores_epoch_optimizer_and_gives_identical_results(synthetic_r
     assert resumed.resume_model_if_exist(out) == 1
     state = resumed.optim.state_dict()
     assert state["state"][0]["step"] == saved["optimizer"]["state"][0]["step"] == 6
-    assert torch.equal(state["state"][0]["exp_avg"], saved["optimizer"]["state"][0]["exp_avg"])
+    assert torch.equal(state["state"][0]["exp_avg"].cpu(), saved["optimizer"]["state"][0]["exp_avg"])
     assert resumed.sched.last_epoch == 1 and resumed.get_current_lr() == pytest.approx(1e-4)
     resumed.train()
     assert resumed.start_epoch == 1 and resumed.steps == 6  # only epoch 2 ran
