@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 
 import torch
 
@@ -24,7 +25,7 @@ from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_fr
 from engine.data.datasets import build_dataset
 from engine.trainer import build_trainer
 from engine.utils import distributed
-from engine.utils.errors import UserError
+from engine.utils.errors import NonFiniteLossError, UserError
 from engine.utils.logger import setup_logger
 from engine.utils.tools import atomic_write_bytes, set_random_seed
 
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", type=str, default=None, help="name of head")
     p.add_argument("--eval-only", action="store_true", help="evaluation only")
     p.add_argument("--model-dir", type=str, default=None, help="load model from this directory for eval-only mode")
-    p.add_argument("--load-epoch", type=int, default=None, help="load model weights at this epoch for evaluation")
+    p.add_argument("--load-epoch", type=str, default=None,
+                   help="load model weights at this epoch for evaluation (a number, 'last' or 'best')")
     p.add_argument("--no-train", action="store_true",
                    help="do not train: print the data split (no model is loaded) and exit")
     p.add_argument("opts", default=None, nargs="*",
@@ -125,6 +127,8 @@ def main(args: argparse.Namespace) -> None:
         return
     distributed.init_distributed(cfg.USE_CUDA)
     main_process = distributed.is_main_process()
+    if main_process:
+        check_writable(cfg.OUTPUT_DIR)
     # Under torchrun only rank 0 writes log.txt; the others report warnings and errors on the console.
     setup_logger(cfg.OUTPUT_DIR if main_process else None, level=logging.INFO if main_process else logging.WARNING)
     set_random_seed(cfg.SEED)
@@ -136,10 +140,31 @@ def main(args: argparse.Namespace) -> None:
         atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump().encode())
     trainer = build_trainer(cfg)
     if args.eval_only:
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
-        trainer.final_evaluation()
+        trainer.load_model(args.model_dir, epoch=parse_load_epoch(args.load_epoch))
+        trainer.test()  # as Dassl's train.py: after load_model, test() reports and writes results.json
         return
     trainer.train()
+
+
+def check_writable(folder: str) -> None:
+    """Fail now, with the folder's name, rather than after hours of training at the first save."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-")
+        probe.close()
+    except OSError as e:
+        raise UserError(f"output folder {folder} is not writable: {e.strerror or e} (--output-dir / OUTPUT_DIR)") from None
+
+
+def parse_load_epoch(value: str | None) -> int | str | None:
+    """``--load-epoch``: an epoch number, ``last`` (the newest checkpoint) or ``best`` (model-best)."""
+    if value is None or value == "last":
+        return None
+    if value == "best":
+        return "best"
+    if value.isdigit():
+        return int(value)
+    raise UserError(f"--load-epoch takes an epoch number, 'last' or 'best'; got '{value}'")
 
 
 def user_error_line(e: BaseException) -> str:
@@ -158,10 +183,10 @@ def cli(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {user_error_line(e)}", file=sys.stderr)
         return UserError.exit_code
-    except FloatingPointError as e:
+    except NonFiniteLossError as e:
         logging.getLogger("train").error(str(e))
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return NonFiniteLossError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

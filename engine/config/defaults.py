@@ -2,7 +2,7 @@
 
 Keys this project adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATASET.SYNTHETIC.*``,
 ``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.COMPILE``,
-``OPTIM.FUSED``, ``TRAIN.PRECISION``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``; readers and
+``OPTIM.FUSED``, ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``; readers and
 the decoded-image cache add theirs through config hooks. Method keys (``TRAINER.<METHOD>.*``) are added by
 each trainer's config hook (see :func:`engine.config.extend_cfg`).
 
@@ -180,6 +180,13 @@ _C.TRAIN = CN()
 # How often (epoch) to save model during training
 # Set to 0 or negative value to only save the last one
 _C.TRAIN.CHECKPOINT_FREQ = 0
+# Also save every N steps inside an epoch (0 = never); only the two newest of these are kept.
+# A run killed at any point resumes from the newest readable checkpoint with the same results.
+_C.TRAIN.CHECKPOINT_STEPS = 0
+# A NaN or infinite loss: "stop" (name the step and the loss terms, keep the last good checkpoint;
+# noticed at the next log line or checkpoint, without per-step synchronisation) or "skip" (drop that
+# step's update; reads the loss back at every step)
+_C.TRAIN.ON_NONFINITE = "stop"
 # How often (batch) to print training information
 _C.TRAIN.PRINT_FREQ = 10
 # Use 'train_x', 'train_u' or 'smaller_one' to count

@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from typing import Callable, Sequence
@@ -35,13 +36,21 @@ def read_image(path: str, crop: tuple[int, int, int, int] | None = None) -> Imag
 
 
 class DatasetWrapper(Dataset):
-    """Reads and transforms one :class:`Datum` into a batch item."""
+    """Reads and transforms one :class:`Datum` into a batch item.
+
+    Training augmentation is seeded per sample from ``(pass_seed, index)`` (``pass_seed`` is set by
+    :class:`SeededDataLoader` at the start of every pass): an image's augmentation depends only on the
+    seed, the pass and which image it is, not on the worker that loads it, the images before it or
+    the number of processes. A run resumed in the middle of an epoch therefore augments exactly as
+    one that never stopped.
+    """
 
     def __init__(self, cfg, data_source: Sequence[Datum], transform: Callable | None = None,
                  is_train: bool = False) -> None:
         self.data_source = data_source
         self.transform = transform
         self.is_train = is_train
+        self.pass_seed: int | None = None
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         self.to_tensor = build_transform(cfg, is_train=False, choices=["normalize"])
@@ -55,14 +64,37 @@ class DatasetWrapper(Dataset):
         img0 = read_image(item.impath, item.crop)
         if self.transform is None:
             output["img"] = self.to_tensor(img0)
-        elif self.k_tfm > 1:
-            for k in range(self.k_tfm):
-                output["img" if k == 0 else f"img{k + 1}"] = self.transform(img0)
         else:
-            output["img"] = self.transform(img0)
+            with self._sample_rng(idx):
+                for k in range(self.k_tfm):
+                    output["img" if k == 0 else f"img{k + 1}"] = self.transform(img0)
         if self.return_img0:
             output["img0"] = self.to_tensor(img0)
         return output
+
+    def _sample_rng(self, idx: int):
+        """Torch's RNG seeded for this sample (and restored afterwards), during training passes."""
+        if self.pass_seed is None:
+            return contextlib.nullcontext()
+        return _seeded_torch_rng((self.pass_seed * 1_000_003 + idx) % 2**63)
+
+
+@contextlib.contextmanager
+def _seeded_torch_rng(seed: int):
+    with torch.random.fork_rng(devices=[]):  # transforms draw from the CPU generator only
+        torch.manual_seed(seed)
+        yield
+
+
+class SeededDataLoader(DataLoader):
+    """A DataLoader whose dataset gets a fresh augmentation seed at every pass, derived from the
+    sampler's seed and pass number (see :class:`DatasetWrapper`)."""
+
+    def __iter__(self):
+        sampler = self.sampler
+        if getattr(self.dataset, "is_train", False) and hasattr(sampler, "passes"):
+            self.dataset.pass_seed = (sampler.seed * 7919 + sampler.passes + 1) % 2**31
+        return super().__iter__()
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -101,11 +133,11 @@ def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batc
         return build_cached_loader(cfg, sampler, data_source, batch_size, is_train, drop_last, split, seed=seed)
     wrapper = dataset_wrapper or DatasetWrapper
     num_workers = cfg.DATALOADER.NUM_WORKERS
-    # Workers are re-seeded from this generator at every pass (no persistent workers), so a run
-    # restored from a checkpoint, generator state included, augments exactly as an unbroken one.
+    # Augmentation is seeded per sample (DatasetWrapper); this generator only seeds the workers' own
+    # RNGs (python, numpy) for transforms written with them.
     generator = torch.Generator()
     generator.manual_seed(seed if seed >= 0 else int(torch.randint(2**31, ()).item()))
-    return DataLoader(
+    return SeededDataLoader(
         wrapper(cfg, data_source, transform=tfm, is_train=is_train),
         batch_size=batch_size,
         sampler=sampler,

@@ -24,16 +24,24 @@ SAMPLERS = ("RandomSampler", "SequentialSampler", "RandomDomainSampler")
 
 
 class _ShardedSampler(Sampler):
-    """Keeps this rank's strided share of a global order."""
+    """Keeps this rank's strided share of a global order (and can skip the start of a pass)."""
 
     rank, world = 0, 1
+    _skip = 0
 
     def shard(self, rank: int, world: int) -> "_ShardedSampler":
         self.rank, self.world = rank, world
         return self
 
+    def skip_next(self, n: int) -> None:
+        """Drop the first ``n`` indices (of this rank's share) of the next pass: a run resumed in the
+        middle of an epoch replays the pass and skips what it already trained on."""
+        self._skip = int(n)
+
     def _share(self, order: list[int]) -> list[int]:
-        return order[self.rank:: self.world] if self.world > 1 else order
+        share = order[self.rank:: self.world] if self.world > 1 else order
+        skip, self._skip = self._skip, 0
+        return share[skip:]
 
     def _share_len(self, n: int) -> int:
         return len(range(self.rank, n, self.world))

@@ -42,9 +42,11 @@ from engine.data import DataManager
 from engine.evaluation import METRIC_DESCRIPTIONS, build_evaluator
 from engine.registry import Registry
 from engine.utils import distributed
-from engine.utils.checkpoint import (capture_rng_state, checkpoint_name, latest_checkpoint,
-                                     load_checkpoint, restore_rng_state, save_checkpoint)
-from engine.utils.errors import UserError
+from engine.trainer.loop_state import LoaderCursor, NonFiniteWatch
+from engine.utils.checkpoint import (capture_rng_state, checkpoint_candidates, checkpoint_name, latest_checkpoint,
+                                     load_checkpoint, prune_step_checkpoints, restore_rng_state, save_checkpoint,
+                                     step_checkpoint_name)
+from engine.utils.errors import NonFiniteLossError, UserError
 from engine.utils.meters import AverageMeter
 from engine.utils.tools import mkdir_if_missing, set_random_seed, write_json
 
@@ -115,17 +117,23 @@ class TrainerBase:
         pass
 
     def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result: float | None = None,
-                   model_name: str = "") -> None:
-        """Save every registered model as ``directory/<name>/model.pth.tar-<epoch + 1>``."""
+                   model_name: str = "", step_in_epoch: int = 0) -> None:
+        """Save every registered model as ``directory/<name>/model.pth.tar-<epoch + 1>`` (Dassl's call:
+        ``epoch`` is the 0-based epoch just finished). With ``step_in_epoch`` > 0 the checkpoint is taken
+        ``step_in_epoch`` steps into epoch ``epoch`` (0-based) and named ``...-<epoch + 1>-step<k>``."""
+        self.check_finite()
         if not self.is_main_process:
             return
         extra = self.extra_checkpoint_state()
+        if step_in_epoch:
+            extra["step_in_epoch"] = step_in_epoch
+            model_name = model_name or step_checkpoint_name(epoch + 1, step_in_epoch)
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
-            save_checkpoint(
+            self._last_checkpoint = save_checkpoint(
                 {
                     "state_dict": self._models[name].state_dict(),
-                    "epoch": epoch + 1,
+                    "epoch": epoch if step_in_epoch else epoch + 1,  # completed epochs
                     "optimizer": optim.state_dict() if optim is not None else None,
                     "scheduler": sched.state_dict() if sched is not None else None,
                     "val_result": val_result,
@@ -134,31 +142,70 @@ class TrainerBase:
                 },
                 osp.join(directory, name), is_best=is_best, model_name=model_name,
             )
+            if step_in_epoch:
+                prune_step_checkpoints(osp.join(directory, name))
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteLossError` if a step since the start had a non-finite loss
+        (synchronises with the device; called when logging and before saving)."""
+        bad = self._nonfinite.first_bad() if getattr(self, "_nonfinite", None) else None
+        if bad is None:
+            return
+        epoch, batch_idx, terms = bad
+        last = getattr(self, "_last_checkpoint", None)
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch + 1}, step {batch_idx + 1} ("
+            + ", ".join(f"{k}={v:.4g}" for k, v in terms.items()) + "); stopped without saving; last good "
+            f"checkpoint: {last or 'none'}. Lower the learning rate, or set TRAIN.ON_NONFINITE skip")
 
     def resume_model_if_exist(self, directory: str) -> int:
-        """Restore models, optimisers, schedulers and extra state from the latest checkpoints in
-        ``directory``; returns the epoch to start from (0 when there is nothing to resume)."""
+        """Restore models, optimisers, schedulers and extra state from the newest readable checkpoint
+        in ``directory``; returns the epoch to start from (0 when there is nothing to resume).
+
+        A checkpoint that cannot be read (a file truncated by a crash) is skipped with a warning and the
+        one before it used. A checkpoint written mid-epoch also sets ``self.resume_step``, the number of
+        steps of that epoch already done."""
+        self.resume_step = 0
         names = self.get_model_names()
-        paths = {name: latest_checkpoint(osp.join(directory, name)) for name in names}
-        if not names or not any(paths.values()):
+        candidates = {name: checkpoint_candidates(osp.join(directory, name)) for name in names}
+        if not names or not any(candidates.values()):
             return 0
-        missing = [n for n, p in paths.items() if p is None]
+        missing = [n for n, c in candidates.items() if not c]
         if missing:
             raise UserError(f"cannot resume from {directory}: no checkpoint for model(s) {', '.join(missing)}")
+        first = names[0]
+        for path in candidates[first]:
+            ckpts = self._load_all(directory, names, osp.basename(path))
+            if ckpts is not None:
+                break
+        else:
+            raise UserError(f"cannot resume from {directory}: no checkpoint there can be read")
         logger.info("Found checkpoint at %s (will resume training)", directory)
-        start_epoch = 0
-        for name, path in paths.items():
-            ckpt = load_checkpoint(path)
-            self._check_signature(ckpt, path)
-            self._load_state_dict(name, ckpt["state_dict"], path)
+        for name, (ckpt_path, ckpt) in ckpts.items():
+            self._check_signature(ckpt, ckpt_path)
+            self._load_state_dict(name, ckpt["state_dict"], ckpt_path)
             if self._optims[name] is not None and ckpt.get("optimizer") is not None:
                 self._optims[name].load_state_dict(ckpt["optimizer"])
             if self._scheds[name] is not None and ckpt.get("scheduler") is not None:
                 self._scheds[name].load_state_dict(ckpt["scheduler"])
-            start_epoch = ckpt["epoch"]
-            logger.info("Loaded %s (epoch %d)", path, start_epoch)
+        ckpt = ckpts[first][1]
+        self.resume_step = int(ckpt.get("step_in_epoch") or 0)
+        logger.info("Loaded %s (epoch %d%s)", ckpts[first][0], ckpt["epoch"],
+                    f", step {self.resume_step} of epoch {ckpt['epoch'] + 1}" if self.resume_step else "")
         self.load_extra_checkpoint_state(ckpt)
-        return start_epoch
+        return int(ckpt["epoch"])
+
+    def _load_all(self, directory: str, names: list[str], filename: str) -> dict[str, tuple[str, dict]] | None:
+        """Every model's checkpoint called ``filename``, or None (with a warning) if one is unreadable."""
+        loaded = {}
+        for name in names:
+            path = osp.join(directory, name, filename)
+            try:
+                loaded[name] = (path, load_checkpoint(path))
+            except UserError as e:
+                logger.warning("Skipping checkpoint %s: %s; trying the one before it", path, e)
+                return None
+        return loaded
 
     def _check_signature(self, ckpt: dict, path: str) -> None:
         saved, current = ckpt.get("run_signature") or {}, self.run_signature()
@@ -177,9 +224,11 @@ class TrainerBase:
             raise UserError(f"checkpoint {path} does not fit model '{name}' (another backbone or class count?): "
                             f"{' '.join(detail.split())[:240]}") from None
 
-    def load_model(self, directory: str | None, epoch: int | None = None) -> None:
-        """Load weights for evaluation: ``model.pth.tar-<epoch>``, else the latest, else the best."""
+    def load_model(self, directory: str | None, epoch: int | str | None = None) -> None:
+        """Load weights for evaluation: ``model.pth.tar-<epoch>``, ``"best"`` (model-best.pth.tar), or by
+        default the newest checkpoint (the index), else the best."""
         names = self.get_model_names()
+        self.report_on_test = True
         if not directory:
             logger.info("No model directory given: evaluating the model as built")
             return
@@ -190,7 +239,12 @@ class TrainerBase:
             return
         for name in names:
             model_dir = osp.join(directory, name)
-            if epoch is not None:
+            if epoch == "best":
+                path = osp.join(model_dir, "model-best.pth.tar")
+                if not osp.isfile(path):
+                    raise UserError(f"no best-model checkpoint: {path} does not exist "
+                                    f"(it is written with TEST.FINAL_MODEL best_val)")
+            elif epoch is not None:
                 path = osp.join(model_dir, checkpoint_name(epoch))
                 if not osp.isfile(path):
                     raise UserError(f"no checkpoint for epoch {epoch}: {path} does not exist")
@@ -307,6 +361,12 @@ class TrainerBase:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def model_backward_and_update(self, loss: torch.Tensor, names: str | list[str] | None = None) -> None:
+        if getattr(self, "skip_nonfinite", False) and not bool(torch.isfinite(loss.detach()).all()):
+            # TRAIN.ON_NONFINITE skip: this check reads the loss back at every step (a synchronisation).
+            self.skipped_steps += 1
+            logger.warning("Skipping a step with a non-finite loss (%d skipped so far)", self.skipped_steps)
+            self.model_zero_grad(names)
+            return
         self.model_zero_grad(names)
         self.model_backward(loss)
         self.model_update(names)
@@ -325,6 +385,15 @@ class SimpleTrainer(TrainerBase):
         if self.device.type == "cuda" and distributed.world_size() > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.use_bf16 = self._wants_bf16(cfg.TRAIN.PRECISION)
+        self.skip_nonfinite = cfg.TRAIN.ON_NONFINITE == "skip"
+        self.skipped_steps = 0
+        self._nonfinite = None if self.skip_nonfinite else NonFiniteWatch()
+        self._cursor_states: dict[str, Any] | None = None  # set by a resume, used by the next epoch
+        self._cursors: dict[str, LoaderCursor] = {}
+        self.resume_step = 0
+        # Whether test() on the test split reports (table + results.json): set for the final evaluation
+        # and by load_model, so Dassl's "--eval-only: load_model(); test()" also writes results.json.
+        self.report_on_test = False
         self.start_epoch = self.epoch = 0
         self.epochs_done = 0  # completed (or loaded) epochs, reported in results.json
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
@@ -344,6 +413,8 @@ class SimpleTrainer(TrainerBase):
         """Check a trainer's requirements on the config (raise :class:`UserError`)."""
         if cfg.TRAIN.PRECISION not in ("auto", "bf16", "fp32"):
             raise UserError(f"TRAIN.PRECISION must be auto, bf16 or fp32, got '{cfg.TRAIN.PRECISION}'")
+        if cfg.TRAIN.ON_NONFINITE not in ("stop", "skip"):
+            raise UserError(f"TRAIN.ON_NONFINITE must be stop or skip, got '{cfg.TRAIN.ON_NONFINITE}'")
         if cfg.TEST.FINAL_MODEL not in ("last_step", "best_val"):
             raise UserError(f"TEST.FINAL_MODEL must be 'last_step' or 'best_val', got '{cfg.TEST.FINAL_MODEL}'")
         if cfg.TRAIN.COUNT_ITER not in ("train_x", "train_u", "smaller_one"):
@@ -378,20 +449,24 @@ class SimpleTrainer(TrainerBase):
         return {"train_x": self.train_loader_x, "train_u": self.train_loader_u}
 
     def extra_checkpoint_state(self) -> dict[str, Any]:
+        """RNG states and where each training loader is (mid-epoch: inside its current pass)."""
         loaders = {}
         for key, loader in self._train_loaders().items():
             if loader is not None:
-                loaders[key] = {"sampler": loader.sampler.state_dict(), "generator": loader.generator.get_state()}
+                loaders[key] = (self._cursors[key] if key in self._cursors else LoaderCursor(loader)).state()
         return {"rng_state": capture_rng_state(), "loader_state": loaders}
 
     def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
         if "rng_state" in state:
             restore_rng_state(state["rng_state"])
-        for key, loader in self._train_loaders().items():
-            saved = (state.get("loader_state") or {}).get(key)
-            if loader is not None and saved is not None:
-                loader.sampler.load_state_dict(saved["sampler"])
-                loader.generator.set_state(saved["generator"])
+        self._cursor_states = state.get("loader_state") or None
+
+    def _new_cursors(self) -> dict[str, LoaderCursor]:
+        """Cursors for this epoch: from a checkpoint right after a resume, else fresh passes."""
+        states, self._cursor_states = self._cursor_states or {}, None
+        self._cursors = {key: LoaderCursor(loader, states.get(key) if "pass_start" in states.get(key, {}) else None)
+                         for key, loader in self._train_loaders().items() if loader is not None}
+        return self._cursors
 
     # ------------------------------------------------------------ the hooks
     def before_train(self) -> None:
@@ -415,6 +490,7 @@ class SimpleTrainer(TrainerBase):
         self.close_writer()
 
     def after_epoch(self) -> None:
+        self._cursors = {}  # the next epoch starts new passes: checkpoints record the samplers as they are
         self.epochs_done = self.epoch + 1
         last_epoch = (self.epoch + 1) == self.max_epoch
         do_test = not self.cfg.TEST.NO_TEST
@@ -455,15 +531,15 @@ class SimpleTrainer(TrainerBase):
         self.write_scalars({f"{split}/{k}": v for k, v in results.items()}, self.epoch, epoch=self.epoch + 1)
         if split == "test":
             self.test_results = results
+            if self.report_on_test and self.is_main_process:
+                self.report_results(results)
         return next(iter(results.values()))
 
     def final_evaluation(self) -> OrderedDict[str, float]:
         """Test, print the results table and write ``OUTPUT_DIR/results.json``."""
+        self.report_on_test = True
         self.test()
-        results = self.test_results
-        if self.is_main_process:
-            self.report_results(results)
-        return results
+        return self.test_results
 
     def results_record(self, metrics: dict[str, float]) -> dict[str, Any]:
         c = self.cfg
@@ -493,9 +569,12 @@ class SimpleTrainer(TrainerBase):
                     ", ".join(self.cfg.DATASET.TARGET_DOMAINS),
                     ", ".join(getattr(self.dm.dataset, "unseen_classnames", [])) or "none",
                     tabulate(rows, headers=["metric", "value", "meaning"], tablefmt="simple"))
-        mkdir_if_missing(self.output_dir)
         path = osp.join(self.output_dir, "results.json")
-        write_json(self.results_record(metrics), path)
+        try:
+            mkdir_if_missing(self.output_dir)
+            write_json(self.results_record(metrics), path)
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
         if self.cfg.TEST.SAVE_PREDICTIONS:
             probs, labels, unseen = self.evaluator.arrays
             np.savez(osp.join(self.output_dir, "predictions.npz"), probs=probs, labels=labels, unseen=unseen,
@@ -529,10 +608,7 @@ class SimpleTrainer(TrainerBase):
         names = list(sums)
         values = torch.stack([sums[n].detach().float().reshape(()) for n in names]).cpu().tolist() if names else []
         avgs = {n: v / count for n, v in zip(names, values)}
-        non_finite = [n for n, v in avgs.items() if not math.isfinite(v)]
-        if non_finite:
-            raise FloatingPointError(f"non-finite loss at epoch {self.epoch + 1}, batch {self.batch_idx + 1}: "
-                                     + ", ".join(f"{n}={avgs[n]}" for n in names))
+        self.check_finite()
         n_iter = self.epoch * num_batches + self.batch_idx + 1
         remaining = num_batches - self.batch_idx - 1 + (self.max_epoch - self.epoch - 1) * num_batches
         eta = str(datetime.timedelta(seconds=int(batch_time.avg * remaining)))
@@ -545,20 +621,26 @@ class SimpleTrainer(TrainerBase):
                            epoch=self.epoch + 1)
 
     def _run_batches(self, num_batches: int, next_batch, step) -> None:
-        """The shared epoch loop of TrainerX and TrainerXU: fetch, step, accumulate, log."""
+        """The shared epoch loop of TrainerX and TrainerXU: fetch, step, accumulate, log, checkpoint.
+        After a mid-epoch resume the epoch starts at ``self.resume_step``."""
         self.set_model_mode("train")
         self.num_batches = num_batches
+        start, self.resume_step = self.resume_step, 0
         batch_time, data_time = AverageMeter(), AverageMeter()
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         count = 0
         print_freq = max(1, self.cfg.TRAIN.PRINT_FREQ)
+        step_ckpt = self.cfg.TRAIN.CHECKPOINT_STEPS
         end = time.time()
         self._lr_updated = False
-        bar = self.progress(range(num_batches), desc=f"epoch {self.epoch + 1}/{self.max_epoch}")
+        bar = self.progress(range(start, num_batches), desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
+                            initial=start, total=num_batches)
         for self.batch_idx in bar:
             batches = next_batch()
             data_time.update(time.time() - end)
             loss_summary = step(*batches) or {}
+            if self._nonfinite is not None:
+                self._nonfinite.observe(loss_summary, self.epoch, self.batch_idx)
             for name, value in loss_summary.items():
                 sums[name] = sums[name] + (value.detach() if torch.is_tensor(value) else float(value))
             count += 1
@@ -567,6 +649,8 @@ class SimpleTrainer(TrainerBase):
                 self._log_progress(sums, count, num_batches, batch_time, data_time)
                 sums.clear()
                 count = 0
+            if step_ckpt > 0 and (self.batch_idx + 1) % step_ckpt == 0:
+                self.save_model(self.epoch, self.output_dir, step_in_epoch=self.batch_idx + 1)
             end = time.time()
         bar.close()
         if not self._lr_updated:
@@ -577,8 +661,8 @@ class TrainerX(SimpleTrainer):
     """Trains on labelled data only (``train_loader_x``)."""
 
     def run_epoch(self) -> None:
-        loader_iter = iter(self.train_loader_x)
-        self._run_batches(len(self.train_loader_x), lambda: (next(loader_iter),), self.forward_backward)
+        cursors = self._new_cursors()
+        self._run_batches(len(self.train_loader_x), lambda: (cursors["train_x"].next(),), self.forward_backward)
 
 
 class TrainerXU(SimpleTrainer):
@@ -595,17 +679,9 @@ class TrainerXU(SimpleTrainer):
         len_x, len_u = len(self.train_loader_x), len(self.train_loader_u)
         count_iter = self.cfg.TRAIN.COUNT_ITER
         num_batches = {"train_x": len_x, "train_u": len_u, "smaller_one": min(len_x, len_u)}[count_iter]
-        iters = {"x": iter(self.train_loader_x), "u": iter(self.train_loader_u)}
-        loaders = {"x": self.train_loader_x, "u": self.train_loader_u}
-
-        def draw(key: str) -> dict:
-            try:
-                return next(iters[key])
-            except StopIteration:
-                iters[key] = iter(loaders[key])
-                return next(iters[key])
-
-        self._run_batches(num_batches, lambda: (draw("x"), draw("u")), self.forward_backward)
+        cursors = self._new_cursors()
+        self._run_batches(num_batches, lambda: (cursors["train_x"].next(), cursors["train_u"].next()),
+                          self.forward_backward)
 
     def parse_batch_train(self, batch_x: dict, batch_u: dict):  # type: ignore[override]
         return self.to_device(batch_x["img"]), self.to_device(batch_x["label"]), self.to_device(batch_u["img"])

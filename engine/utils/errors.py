@@ -10,3 +10,9 @@ class UserError(Exception):
     """An error caused by the user's input, reported as one line without a traceback."""
 
     exit_code = 2
+
+
+class NonFiniteLossError(Exception):
+    """Training produced a NaN or infinite loss; the run stops (exit code 3) without saving."""
+
+    exit_code = 3
