@@ -12,7 +12,7 @@ then ``python train.py --trainer PromptEmo --dataset-config-file configs/dataset
 (run from, or with ``PYTHONPATH`` on, this project's root, so ``engine``, ``trainers`` and ``datasets``
 import).
 
-What the two calls do
+What works
 - :func:`register_with_dassl` imports this project's ``trainers`` and ``datasets`` packages and adds
   every trainer, dataset and evaluator of this project's registries (``Baseline``, ``CoOp``,
   ``PromptEmo``, ``ZSCLIP``; ``MOFER``; ``OpenSet``) to ``dassl.engine.TRAINER_REGISTRY``,
@@ -27,6 +27,10 @@ What the two calls do
   project's YAML files that start with ``_BASE_: other.yaml`` (``tiny.yaml``, the ablations): that one
   method of that one config object becomes this project's ``engine.config.merge_from_file`` (base file
   first, unknown keys reported with a did-you-mean hint); the class and all else stay yacs's.
+- Tested (tests/test_dassl_bridge.py, where Dassl imports): Dassl's ``build_trainer`` on a config set
+  up as Dassl's ``tools/train.py`` does trains PromptEmo and writes ``results.json``; Dassl's own
+  ``tools/train.py`` ``main`` with the two lines trains, and its ``--eval-only`` (``load_model(); test()``)
+  writes ``results.json`` too (this project's ``load_model`` makes the next ``test()`` report).
 
 Decisions
 - Keys Dassl already has keep Dassl's value, even where this project's default differs
@@ -57,15 +61,14 @@ Decisions
 
 Does not work
 - A host codebase with its own top-level ``trainers`` or ``datasets`` package (CoOp's repository has
-  both) shadows this project's packages of the same names; :func:`register_with_dassl` then stops with
-  an error naming both paths instead of registering the host's modules.
+  both; Hugging Face's ``datasets`` library is another) shadows this project's packages of the same
+  names: both calls then stop with an error naming both paths instead of loading the other modules.
 - Dassl's trainers on this project's ``MOFER`` dataset or ``OpenSet`` evaluator (they are registered,
   not adapted), and this project's trainers on Dassl's datasets (they read through this project's data
   manager and domain readers).
 - Dassl's ``tools/train.py`` calls ``clean_cfg(cfg, args.trainer)``, which removes every
   ``TRAINER.<X>`` but the one named by ``--trainer``: pass ``--trainer PromptEmo`` (a name set only in
-  the YAML leaves ``TRAINER.PROMPTEMO`` removed). Its ``--eval-only`` calls ``trainer.test()``, which
-  evaluates and logs but does not write ``results.json`` (this project's ``train.py`` does).
+  the YAML leaves ``TRAINER.PROMPTEMO`` removed).
 - A :class:`engine.utils.errors.UserError` is not turned into one line there: Dassl's ``train.py``
   has no handler, so it ends with a traceback whose last line is the message.
 
@@ -142,8 +145,9 @@ def _load_project() -> None:
         if not found or not _same_path(found, expected):
             raise UserError(
                 f"the package '{name}' imported here is {found or module!r}, not this project's {expected}: "
-                f"the host codebase has its own top-level '{name}' package, which shadows this project's, "
-                "so the bridge cannot load this project's trainers and datasets in this program")
+                f"another top-level '{name}' package (the host codebase's, or an installed library's) "
+                "shadows this project's, so the bridge cannot load this project's trainers and datasets "
+                "in this program")
 
 
 def _registered(registry: Any) -> dict[str, Any]:
@@ -199,6 +203,8 @@ def register_with_dassl(console_log: bool = True) -> dict[str, dict[str, str]]:
     Raises :class:`DasslNotImportableError` when ``dassl`` cannot be imported.
     """
     dassl_registries = _import_dassl_registries()
+    if console_log:  # first, so that the warnings below are shown
+        _route_project_logging_to_stdout()
     _load_project()
     report: dict[str, dict[str, str]] = {}
     for kind, project_module, _ in _REGISTRIES:
@@ -227,8 +233,6 @@ def register_with_dassl(console_log: bool = True) -> dict[str, dict[str, str]]:
             else:  # Dassl's register() always uses __name__; register under this project's name
                 theirs._do_register(name, obj, force=force)
         report[kind] = outcome
-    if console_log:
-        _route_project_logging_to_stdout()
     return report
 
 

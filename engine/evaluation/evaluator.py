@@ -15,6 +15,7 @@ import torch
 from engine.evaluation.metrics import open_set_metrics
 from engine.registry import Registry
 from engine.utils import distributed
+from engine.utils.errors import UserError
 
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
 logger = logging.getLogger(__name__)
@@ -93,4 +94,8 @@ class OpenSet(EvaluatorBase):
 
 
 def build_evaluator(cfg, **kwargs) -> EvaluatorBase:
+    if cfg.TEST.EVALUATOR == "Classification" and "Classification" not in EVALUATOR_REGISTRY:
+        # Dassl's default: a config built by Dassl reaches here without this project's dataset yaml
+        raise UserError("TEST.EVALUATOR is 'Classification' (Dassl's default); this project's trainers report "
+                        "open-set metrics: set TEST.EVALUATOR OpenSet (configs/datasets/*.yaml do)")
     return EVALUATOR_REGISTRY.get(cfg.TEST.EVALUATOR)(cfg, **kwargs)
