@@ -13,7 +13,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import ROOT, SYNTH_OPTS, make_cfg
 from engine.trainer import TRAINER_REGISTRY, build_trainer

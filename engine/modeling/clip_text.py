@@ -86,8 +86,8 @@ class PromptLearner(nn.Module):
             self.ctx = nn.Parameter(torch.empty(shape).normal_(std=init_std))
         else:
             self.ctx = None
-        placeholder = " ".join(["X"] * n_ctx)
-        tokenized = tokenize([f"{placeholder} {t}".strip() for t in texts]).to(device)
+        slots = " ".join(["X"] * n_ctx)  # stand-ins for the context vectors, as in CoOp
+        tokenized = tokenize([f"{slots} {t}".strip() for t in texts]).to(device)
         with torch.no_grad():
             embedding = clip_model.token_embedding(tokenized).float()
         self.register_buffer("tokenized_prompts", tokenized, persistent=False)

@@ -26,7 +26,6 @@ import datetime
 import json
 import logging
 import math
-import os
 import os.path as osp
 import time
 from collections import OrderedDict, defaultdict
