@@ -25,7 +25,7 @@ from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_fr
 from engine.data.datasets import build_dataset
 from engine.trainer import build_trainer
 from engine.utils import distributed
-from engine.utils.errors import NonFiniteLossError, UserError
+from engine.utils.errors import NonFiniteLossError, UserError, user_error_line
 from engine.utils.logger import setup_logger
 from engine.utils.tools import atomic_write_bytes, set_random_seed
 
@@ -165,15 +165,6 @@ def parse_load_epoch(value: str | None) -> int | str | None:
     if value.isdigit():
         return int(value)
     raise UserError(f"--load-epoch takes an epoch number, 'last' or 'best'; got '{value}'")
-
-
-def user_error_line(e: BaseException) -> str:
-    """One line for the user. Errors raised in DataLoader workers arrive with the worker's traceback
-    in their message; keep only the original message."""
-    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(e).__name__
-    prefix = f"{UserError.__module__}.{UserError.__name__}: "
-    return last.split(prefix, 1)[-1] if "Original Traceback" in str(e) else " ".join(lines)
 
 
 def cli(argv: list[str] | None = None) -> int:

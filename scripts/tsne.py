@@ -35,7 +35,7 @@ import trainers  # noqa: E402,F401  (registers trainers)
 from engine.config import extend_cfg, get_cfg_default, merge_from_file  # noqa: E402
 from engine.data import build_data_loader  # noqa: E402
 from engine.trainer import build_trainer  # noqa: E402
-from engine.utils.errors import UserError  # noqa: E402
+from engine.utils.errors import UserError, user_error_line  # noqa: E402
 from engine.utils.logger import setup_logger  # noqa: E402
 from engine.utils.tools import atomic_write_bytes  # noqa: E402
 
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except UserError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"error: {user_error_line(e)}", file=sys.stderr)
         return UserError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

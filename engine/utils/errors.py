@@ -12,6 +12,15 @@ class UserError(Exception):
     exit_code = 2
 
 
+def user_error_line(e: BaseException) -> str:
+    """The one line a command prints for ``e``. Errors raised in DataLoader workers arrive with the
+    worker's traceback in their message; keep only the original message."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(e).__name__
+    prefix = f"{UserError.__module__}.{UserError.__name__}: "
+    return last.split(prefix, 1)[-1] if "Original Traceback" in str(e) else " ".join(lines)
+
+
 class NonFiniteLossError(Exception):
     """Training produced a NaN or infinite loss; the run stops (exit code 3) without saving."""
 
