@@ -18,6 +18,7 @@ from engine.modeling.clip_text import encode_sentences
 from engine.modeling.mmd import multi_source_mmd_by_domain
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
+from trainers.text_head import FixedTextHead
 
 
 @register_config_hook
@@ -29,7 +30,7 @@ def add_baseline_config(cfg) -> None:
 
 
 @TRAINER_REGISTRY.register()
-class Baseline(TrainerXU):
+class Baseline(FixedTextHead, TrainerXU):
     """Fine-tuned CLIP image encoder + fixed text classifier + multi-source MMD; MSP at test time."""
 
     def build_model(self) -> None:
@@ -55,11 +56,3 @@ class Baseline(TrainerXU):
         loss = loss_ce + c.GAMMA * loss_mmd
         self.model_backward_and_update(loss)
         return {"loss": loss.detach(), "loss_ce": loss_ce.detach(), "loss_mmd": loss_mmd.detach()}
-
-    @torch.no_grad()
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.encoder, images, self.use_bf16)
-
-    @torch.no_grad()
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return (self.logit_scale * self.image_features(images) @ self.text_features.t()).softmax(dim=-1)

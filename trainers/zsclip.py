@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, compiled, encode_images
+from engine.modeling.clip_backbone import build_clip_for, compiled
 from engine.modeling.clip_text import encode_sentences
 from engine.trainer import TRAINER_REGISTRY, TrainerX
+from trainers.text_head import FixedTextHead
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def add_zsclip_config(cfg) -> None:
 
 
 @TRAINER_REGISTRY.register()
-class ZSCLIP(TrainerX):
+class ZSCLIP(FixedTextHead, TrainerX):
     """CLIP as released, prompted with ``TRAINER.ZSCLIP.TEMPLATES`` over the seen classes."""
 
     def build_model(self) -> None:
@@ -42,11 +43,3 @@ class ZSCLIP(TrainerX):
         logger.info("ZSCLIP has nothing to train: evaluating")
         self.before_train()
         self.after_train()
-
-    @torch.no_grad()
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.encoder, images, self.use_bf16)
-
-    @torch.no_grad()
-    def model_inference(self, image: torch.Tensor) -> torch.Tensor:
-        return (self.logit_scale * self.image_features(image) @ self.text_features.t()).softmax(dim=-1)
