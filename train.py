@@ -25,7 +25,7 @@ from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_fr
 from engine.data.datasets import build_dataset
 from engine.trainer import build_trainer
 from engine.utils import distributed
-from engine.utils.errors import NonFiniteLossError, UserError, user_error_line
+from engine.utils.errors import UserError, run_command
 from engine.utils.logger import setup_logger
 from engine.utils.tools import atomic_write_bytes, set_random_seed
 
@@ -169,19 +169,7 @@ def parse_load_epoch(value: str | None) -> int | str | None:
 
 def cli(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        main(args)
-    except UserError as e:
-        print(f"error: {user_error_line(e)}", file=sys.stderr)
-        return UserError.exit_code
-    except NonFiniteLossError as e:
-        logging.getLogger("train").error(str(e))
-        print(f"error: {e}", file=sys.stderr)
-        return NonFiniteLossError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(lambda: main(args))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from tqdm import tqdm  # noqa: E402
 from datasets.classes import CANONICAL_CLASSES  # noqa: E402
 from datasets.readers.folder import read_class_folders  # noqa: E402
 from datasets.synthetic import DOMAINS, ensure_domains  # noqa: E402
-from engine.utils.errors import UserError, user_error_line  # noqa: E402
+from engine.utils.errors import UserError, run_command  # noqa: E402
 
 
 def load_split(root: str, domain: str, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +90,22 @@ def train_and_test(data: dict, target: str, epochs: int, seed: int) -> dict:
     return {"sources": accuracy(model, src_x, src_y), "target": accuracy(model, *data[target]["test"])}
 
 
+def run(args: argparse.Namespace) -> None:
+    try:
+        ensure_domains(args.root, DOMAINS, args.n_train, args.n_test, args.image_size)
+    except FileExistsError as e:
+        raise UserError(str(e)) from None
+    data = {d: {s: load_split(args.root, d, s, args.size) for s in ("train", "test")} for d in DOMAINS}
+    rows = []
+    for target in args.targets:
+        start = time.time()
+        acc = train_and_test(data, target, args.epochs, args.seed)
+        rows.append([target, f"{acc['sources']:.1f}", f"{acc['target']:.1f}", f"{time.time() - start:.0f}"])
+    print(f"Small CNN, {args.epochs} epochs, {args.size} px, trained on the other three domains "
+          f"(all 7 classes; chance {100 / len(CANONICAL_CLASSES):.1f}%)")
+    print(tabulate(rows, headers=["target", "source test acc (%)", "target test acc (%)", "seconds"]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", default="data", help="folder holding (or receiving) the synthetic domains")
@@ -105,24 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        try:
-            ensure_domains(args.root, DOMAINS, args.n_train, args.n_test, args.image_size)
-        except FileExistsError as e:
-            raise UserError(str(e)) from None
-        data = {d: {s: load_split(args.root, d, s, args.size) for s in ("train", "test")} for d in DOMAINS}
-    except UserError as e:
-        print(f"error: {user_error_line(e)}", file=sys.stderr)
-        return UserError.exit_code
-    rows = []
-    for target in args.targets:
-        start = time.time()
-        acc = train_and_test(data, target, args.epochs, args.seed)
-        rows.append([target, f"{acc['sources']:.1f}", f"{acc['target']:.1f}", f"{time.time() - start:.0f}"])
-    print(f"Small CNN, {args.epochs} epochs, {args.size} px, trained on the other three domains "
-          f"(all 7 classes; chance {100 / len(CANONICAL_CLASSES):.1f}%)")
-    print(tabulate(rows, headers=["target", "source test acc (%)", "target test acc (%)", "seconds"]))
-    return 0
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

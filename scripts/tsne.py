@@ -34,8 +34,8 @@ import datasets  # noqa: E402,F401  (registers datasets and domain readers)
 import trainers  # noqa: E402,F401  (registers trainers)
 from engine.config import extend_cfg, get_cfg_default, merge_from_file  # noqa: E402
 from engine.data import build_data_loader  # noqa: E402
-from engine.trainer import build_trainer  # noqa: E402
-from engine.utils.errors import UserError, user_error_line  # noqa: E402
+from engine.trainer import SimpleTrainer, build_trainer  # noqa: E402
+from engine.utils.errors import UserError, run_command  # noqa: E402
 from engine.utils.logger import setup_logger  # noqa: E402
 from engine.utils.tools import atomic_write_bytes  # noqa: E402
 
@@ -102,15 +102,11 @@ def _set_eval(trainer) -> None:
 def extract(trainer, items: Sequence) -> np.ndarray:
     """``trainer.image_features`` of ``items`` in order, with the test transform."""
     cfg = trainer.cfg
+    if type(trainer).image_features is SimpleTrainer.image_features:
+        raise UserError(f"trainer {cfg.TRAINER.NAME} does not provide image features (image_features)")
     loader = build_data_loader(cfg, "SequentialSampler", list(items), cfg.DATALOADER.TEST.BATCH_SIZE,
                                tfm=trainer.dm.tfm_test, is_train=False)
-    chunks = []
-    for batch in loader:
-        try:
-            f = trainer.image_features(batch["img"].to(trainer.device))
-        except NotImplementedError:
-            raise UserError(f"trainer {cfg.TRAINER.NAME} does not provide image features") from None
-        chunks.append(f.float().cpu().numpy())
+    chunks = [trainer.image_features(batch["img"].to(trainer.device)).float().cpu().numpy() for batch in loader]
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
@@ -265,15 +261,7 @@ def run(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logger(None)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {user_error_line(e)}", file=sys.stderr)
-        return UserError.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -125,3 +125,15 @@ def test_user_mistakes_end_with_one_line(case, run_dir, tmp_path, capsys):
     assert {"missing": "run directory not found", "no_config": "no config.yaml",
             "bad_epoch": "no checkpoint for epoch 9"}[case] in lines[0]
     assert "Traceback" not in err and not os.path.exists(tmp_path / "x.png")
+
+
+def test_a_trainer_without_image_features_is_a_user_error():
+    from engine.trainer import SimpleTrainer
+    from engine.utils.errors import UserError
+
+    class NoFeatures(SimpleTrainer):
+        def __init__(self):  # nothing to build: extract() must refuse before touching data
+            self.cfg = type("Cfg", (), {"TRAINER": type("T", (), {"NAME": "NoFeatures"})})
+
+    with pytest.raises(UserError, match="NoFeatures does not provide image features"):
+        tsne.extract(NoFeatures(), [])

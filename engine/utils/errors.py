@@ -4,6 +4,11 @@ A :class:`UserError` is a mistake the user can fix (a missing folder, a typo in 
 unknown class name...). ``train.py`` turns it into one line on stderr and a non-zero exit, never a
 traceback. Raise it with a message that names what was expected and where the program looked.
 """
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
 
 
 class UserError(Exception):
@@ -25,3 +30,21 @@ class NonFiniteLossError(Exception):
     """Training produced a NaN or infinite loss; the run stops (exit code 3) without saving."""
 
     exit_code = 3
+
+
+def run_command(body: Callable[[], object]) -> int:
+    """Run a command's body and return its exit status: a user mistake or a non-finite loss becomes one
+    ``error: ...`` line on stderr (no traceback), Ctrl-C becomes ``interrupted`` (130)."""
+    try:
+        body()
+    except UserError as e:
+        print(f"error: {user_error_line(e)}", file=sys.stderr)
+        return UserError.exit_code
+    except NonFiniteLossError as e:
+        logging.getLogger("train").error(str(e))  # also in log.txt, beside the step's loss lines
+        print(f"error: {e}", file=sys.stderr)
+        return NonFiniteLossError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
