@@ -8,6 +8,9 @@
 - a path to a local checkpoint file (a downloaded ``ViT-B-32.pt``, or a state dict saved with
   ``torch.save``), for offline machines. Names and paths go through the same file loader
   (:func:`load_clip_file`);
+- a tiny CLIP *pretrained* on synthetic face/caption pairs, written to a file by
+  ``scripts/pretrain_tiny_clip.py`` (CLIP's ResNet image encoder at 64 px): the CPU stand-in for
+  OpenAI's weights in the demo (``configs/trainers/*/tiny_pretrained.yaml``), loaded as a path;
 - ``tiny``: CLIP's own architecture (ViT image encoder, transformer text encoder, the same BPE
   tokenizer and 77-token context) at small widths with random weights, for tests and CPU demos.
   Like every CLIP at initialisation its logit scale is 1/0.07 (14.3), not the trained models' 100:
@@ -111,7 +114,8 @@ def load_clip(name: str, download_root: str | None = None) -> CLIP:
         return load_clip_file(path)
     if not os.path.exists(name):
         raise UserError(f"CLIP weights file not found: {name} (MODEL.BACKBONE.NAME must be a path to a CLIP "
-                        f"checkpoint, 'tiny', or one of {', '.join(clip.available_models())})")
+                        f"checkpoint, 'tiny', or one of {', '.join(clip.available_models())}; the synthetic demo's "
+                        f"pretrained tiny CLIP is written by scripts/pretrain_tiny_clip.py --out {name})")
     if not os.path.isfile(name):
         raise UserError(f"MODEL.BACKBONE.NAME {name} is a folder; expected a CLIP checkpoint file (.pt)")
     return load_clip_file(name)
