@@ -33,12 +33,11 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from datasets.synthetic import CLASSNAMES, DOMAIN_STYLES, render_face  # noqa: E402
+from engine.config.defaults import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD  # noqa: E402
 from engine.data.device_aug import DeviceAugment  # noqa: E402
 from engine.modeling.clip_backbone import CLIP, TINY_CLIP_ARCH, tokenize  # noqa: E402
 from engine.utils.errors import UserError, run_command  # noqa: E402
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 #: The pre-training look: between the benchmark's colour and wild domains, but none of them.
 WEB_STYLE = replace(DOMAIN_STYLES["synth_color"], name="synth_web", n_background_shapes=(4, 14), scale=(0.8, 1.2),
@@ -143,7 +142,7 @@ def pretrain(per_class: int = 1000, epochs: int = 12, batch_size: int = 256, lr:
     torch.manual_seed(seed)
     model = CLIP(**arch).float().train()
     augment = DeviceAugment((size, size), train=True, random_resized_crop=True, scale=(0.6, 1.0), flip=True,
-                            mean=CLIP_MEAN, std=CLIP_STD)
+                            mean=CLIP_PIXEL_MEAN, std=CLIP_PIXEL_STD)
     steps_per_epoch = len(images) // batch_size
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     # Linear warm-up over the first 20 steps, then constant: a decaying schedule this short stops
