@@ -12,6 +12,9 @@ as JPEG files of ``--image-size`` pixels so that decoding costs what it costs on
 - ``fast``: the decoded-image cache with augmentation on the device (resident on the GPU there),
   bf16 autocast where the device has it, fused AdamW, ``torch.compile`` of the image encoder on GPUs.
 
+``--compare-patch-embed`` adds a third row, ``fast+matmul``: the fast path with the ViT's patch embedding
+computed as one matrix product (``MODEL.PATCH_EMBED_MATMUL``) instead of cuDNN's convolution.
+
 Images/s counts every image through the encoder (source + target). The last line is exactly
 ``speedup <fast / dassl>``. ``--backbone ViT-B/32`` uses the released architecture with random weights
 (``random:ViT-B/32``): throughput does not depend on the weights.
@@ -65,7 +68,8 @@ def prepare_images(root: str, image_size: int, per_class: int) -> str:
     return out
 
 
-def build(args: argparse.Namespace, data_root: str, fast: bool, cache_dir: str, out_dir: str):
+def build(args: argparse.Namespace, data_root: str, fast: bool, cache_dir: str, out_dir: str,
+          patch_embed_matmul: bool = False):
     cuda = torch.cuda.is_available()
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -83,7 +87,7 @@ def build(args: argparse.Namespace, data_root: str, fast: bool, cache_dir: str, 
     if fast:
         opts += ["DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", cache_dir,
                  "DATALOADER.CACHE.ON_DEVICE", str(cuda), "TRAIN.PRECISION", "auto", "OPTIM.FUSED", "True",
-                 "MODEL.COMPILE", str(cuda and not args.no_compile)]
+                 "MODEL.COMPILE", str(cuda and not args.no_compile), "MODEL.PATCH_EMBED_MATMUL", str(patch_embed_matmul)]
     else:
         opts += ["TRAIN.PRECISION", "fp32", "OPTIM.FUSED", "False", "MODEL.COMPILE", "False"]
     merge_from_list(cfg, opts)
@@ -139,18 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="also print the fast path's most expensive GPU kernels")
     p.add_argument("--work-dir", default=None, help="where images and caches go (default: a temporary folder)")
     p.add_argument("--no-compile", action="store_true", help="fast path without torch.compile")
+    p.add_argument("--compare-patch-embed", action="store_true",
+                   help="also time the fast path with the patch embedding as one matrix product (MODEL.PATCH_EMBED_MATMUL)")
     args = p.parse_args(argv)
 
     setup_logger(None, console=False)
     work = args.work_dir or tempfile.mkdtemp(prefix="promptemo-bench-")
     data_root = prepare_images(work, args.image_size, args.per_class)
     rows, rates = [], []
-    for name, fast in (("dassl", False), ("fast", True)):
-        trainer = build(args, data_root, fast, os.path.join(work, "cache"), os.path.join(work, "out", name))
+    pipelines = [("dassl", False, False), ("fast", True, False)]
+    if args.compare_patch_embed:
+        pipelines.append(("fast+matmul", True, True))
+    for name, fast, patch_matmul in pipelines:
+        trainer = build(args, data_root, fast, os.path.join(work, "cache"), os.path.join(work, "out", name),
+                        patch_embed_matmul=patch_matmul)
         ips, ms = measure(trainer, args.warmup, args.steps)
         rows.append([name, f"{ips:,.0f}", f"{ms:.1f}"])
         rates.append(ips)
         if fast and args.profile and cuda:
+            print(f"most expensive GPU kernels, {name}:")
             profile(trainer)
         del trainer
         if cuda:
@@ -159,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"PromptEmo training step, backbone {args.backbone}, batch {args.batch} source + {args.batch} target, "
           f"{args.image_size}px JPEGs, {device}, torch {torch.__version__}")
     print(tabulate(rows, headers=["pipeline", "images/s", "ms/step"], tablefmt="github"))
+    if args.compare_patch_embed:
+        print(f"patch embedding as matmul / convolution (fast path): {rates[2] / rates[1]:.2f}")
     print(f"speedup {rates[1] / rates[0]:.2f}")
     return 0
 

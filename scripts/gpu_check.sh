@@ -13,8 +13,8 @@ if [ -d .whl ]; then  # packages the machine lacks, carried as wheels
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
-timeout "${BENCH_TIMEOUT:-240}" python3 scripts/bench.py --backbone ViT-B/32 --batch 256 --steps 30 --warmup 10 --profile \
-  --work-dir /tmp/bench 2>&1 | tee "$OUT/bench.log"
+timeout "${BENCH_TIMEOUT:-270}" python3 scripts/bench.py --backbone ViT-B/32 --batch 256 --steps 30 --warmup 10 --profile \
+  --compare-patch-embed --work-dir /tmp/bench 2>&1 | tee "$OUT/bench.log"
 if ! grep -q '^speedup' "$OUT/bench.log"; then
   echo "bench with torch.compile failed; retrying without" | tee -a "$OUT/bench.log"
   timeout 150 python3 scripts/bench.py --backbone ViT-B/32 --batch 256 --steps 30 --warmup 5 --no-compile \

@@ -125,3 +125,35 @@ def test_prompt_learner_ctx_init_from_words_like_coop():
     # with the initial context the prompt is exactly the sentence "a photo of a anger."
     got = TextEncoder(model)(learner(), learner.tokenized_prompts)
     assert torch.allclose(got[0], model.encode_text(tokenize(["a photo of a anger."]))[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [32, 34])  # 34: a remainder the strided convolution drops too
+def test_patch_embed_matmul_equals_the_convolution_and_its_gradients(size):
+    from engine.modeling.clip_backbone import PatchEmbedMatmul
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 16, kernel_size=8, stride=8, bias=False)
+    matmul = PatchEmbedMatmul.replacing(conv)
+    assert matmul.weight is conv.weight  # shared parameter: same checkpoint key, same optimiser entry
+    x = torch.randn(2, 3, size, size, requires_grad=True)
+    expected, got = conv(x), matmul(x)
+    assert got.shape == expected.shape == (2, 16, 4, 4)
+    assert torch.allclose(got, expected, atol=1e-5)
+    upstream = torch.randn_like(expected)
+    grad_w_conv, grad_x_conv = torch.autograd.grad(expected, (conv.weight, x), upstream)
+    grad_w_mm, grad_x_mm = torch.autograd.grad(got, (conv.weight, x), upstream)
+    assert torch.allclose(grad_w_mm, grad_w_conv, atol=1e-4)
+    assert torch.allclose(grad_x_mm, grad_x_conv, atol=1e-5)
+    with pytest.raises(ValueError, match="not a non-overlapping patch convolution"):
+        PatchEmbedMatmul.replacing(torch.nn.Conv2d(3, 16, kernel_size=3, stride=2))
+
+
+def test_clip_with_patch_embed_matmul_keeps_keys_and_features(tiny_clip_file):
+    from engine.modeling.clip_backbone import PatchEmbedMatmul, use_patch_embed_matmul
+
+    reference = load_clip(tiny_clip_file)
+    swapped = use_patch_embed_matmul(load_clip(tiny_clip_file))
+    assert isinstance(swapped.visual.conv1, PatchEmbedMatmul)
+    assert list(swapped.state_dict()) == list(reference.state_dict())
+    image = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(swapped.encode_image(image), reference.encode_image(image), atol=1e-5)

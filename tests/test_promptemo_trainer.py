@@ -154,3 +154,21 @@ def test_too_long_description_is_rejected_not_cut(synthetic_root, tmp_path):
     path.write_text(json.dumps(long))
     with pytest.raises(UserError, match="must have at most 67"):
         _trainer(synthetic_root, str(tmp_path / "o"), "TRAINER.PROMPTEMO.DESCRIPTIONS", str(path))
+
+
+def test_patch_embed_matmul_trains_like_the_convolution(synthetic_root, tmp_path):
+    """MODEL.PATCH_EMBED_MATMUL changes how the patch embedding is computed, not the training step."""
+    conv = _trainer(synthetic_root, str(tmp_path / "conv"))
+    matmul = _trainer(synthetic_root, str(tmp_path / "matmul"), "MODEL.PATCH_EMBED_MATMUL", "True")
+    assert type(matmul.model.image_encoder.conv1).__name__ == "PatchEmbedMatmul"
+    losses_conv, losses_matmul = _one_step(conv), _one_step(matmul)
+    for name, value in losses_conv.items():
+        assert float(losses_matmul[name]) == pytest.approx(float(value), rel=1e-4, abs=1e-5), name
+    assert list(conv.model.state_dict()) == list(matmul.model.state_dict())  # checkpoints interchangeable
+    # Gradients, not updated weights: Adam's first step is about lr * sign(gradient), so rounding noise on
+    # a near-zero gradient flips a weight by 2 * lr without meaning anything.
+    grads_matmul = dict(matmul.model.named_parameters())
+    for name, param in conv.model.named_parameters():
+        if param.grad is not None:
+            scale = param.grad.abs().max().item() + 1e-12
+            assert torch.allclose(grads_matmul[name].grad, param.grad, atol=1e-4 * scale), name

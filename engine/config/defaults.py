@@ -1,7 +1,7 @@
 """Default configuration, with Dassl's key names wherever Dassl has the concept.
 
 Keys this project adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATASET.SYNTHETIC.*``,
-``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.COMPILE``,
+``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.COMPILE``, ``MODEL.PATCH_EMBED_MATMUL``,
 ``OPTIM.FUSED``, ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``; readers and
 the decoded-image cache add theirs through config hooks. Method keys (``TRAINER.<METHOD>.*``) are added by
 each trainer's config hook (see :func:`engine.config.extend_cfg`).
@@ -133,6 +133,9 @@ _C.MODEL.BACKBONE.PRETRAINED = True
 _C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
 # torch.compile the image encoder (faster steps on GPUs after a one-off compilation)
 _C.MODEL.COMPILE = False
+# Compute a ViT's patch embedding as one matrix product instead of a convolution (same weights and result;
+# see engine/modeling/clip_backbone.py). Off until measured faster on a GPU.
+_C.MODEL.PATCH_EMBED_MATMUL = False
 # Definition of a head network (used by trainers that have one)
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = ""

@@ -19,6 +19,12 @@
 - ``random:ViT-B/32`` (or ``random:ViT-B/16``): a released architecture with random weights, for
   throughput benchmarks on machines without the weights.
 
+``MODEL.PATCH_EMBED_MATMUL`` computes a ViT's patch embedding (a convolution whose kernel equals its
+stride) as one matrix product over the image's non-overlapping patches: the same weights, checkpoint keys
+and result (up to float rounding). On the H200 profile in ``docs/performance.md`` cuDNN's kernels for the
+32x32, stride-32 convolution took 18% of the fast path's GPU time; whether the matrix product is faster
+there has not been measured yet, so the key is off by default.
+
 The model is always returned in fp32 on the CPU (``clip.load`` gives fp16 on CUDA, which AdamW
 cannot fine-tune); trainers move it to their device and use autocast for speed.
 """
@@ -29,6 +35,7 @@ import urllib.error
 import warnings
 
 import torch
+from torch import nn
 
 from engine.utils.errors import UserError
 
@@ -36,7 +43,7 @@ with warnings.catch_warnings():
     # openai-clip imports pkg_resources, which warns about its own deprecation on import.
     warnings.simplefilter("ignore")
     import clip
-    from clip.model import CLIP, build_model
+    from clip.model import CLIP, VisionTransformer, build_model
 
 TINY = "tiny"
 # Widths are multiples of 64 because clip.model.build_model derives head counts as width // 64.
@@ -183,8 +190,49 @@ def compiled(module: torch.nn.Module, cfg):
     return torch.compile(module) if cfg.MODEL.COMPILE else module
 
 
+class PatchEmbedMatmul(nn.Conv2d):
+    """A non-overlapping patch convolution (kernel = stride, no padding, no bias) computed as one matrix
+    product: each ``p x p`` patch, flattened in the (channel, row, column) order of the kernel, times the
+    flattened kernel. Returns ``[B, width, grid, grid]`` like the convolution, as a channels-last view, so
+    that CLIP's following ``reshape``/``permute`` to ``[B, grid**2, width]`` copies nothing."""
+
+    @classmethod
+    def replacing(cls, conv: nn.Conv2d) -> "PatchEmbedMatmul":
+        """A drop-in for ``conv`` that shares its weight parameter (the state dict keys stay the same)."""
+        ok = (conv.kernel_size == conv.stride and conv.padding == (0, 0) and conv.dilation == (1, 1)
+              and conv.groups == 1 and conv.bias is None)
+        if not ok:
+            raise ValueError(f"not a non-overlapping patch convolution: {conv}")
+        module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, bias=False,
+                     device="meta")
+        module.weight = conv.weight
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        ph, pw = self.kernel_size
+        grid_h, grid_w = height // ph, width // pw
+        x = x[:, :, :grid_h * ph, :grid_w * pw]  # a strided convolution drops the remainder too
+        patches = (x.reshape(batch, channels, grid_h, ph, grid_w, pw)
+                   .permute(0, 2, 4, 1, 3, 5)
+                   .reshape(batch, grid_h * grid_w, channels * ph * pw))
+        out = patches @ self.weight.reshape(self.out_channels, -1).t()
+        return out.reshape(batch, grid_h, grid_w, self.out_channels).permute(0, 3, 1, 2)
+
+
+def use_patch_embed_matmul(model: CLIP) -> CLIP:
+    """Swap a ViT image encoder's patch convolution for :class:`PatchEmbedMatmul` (in place); a ResNet
+    image encoder has no patch embedding and is returned unchanged."""
+    visual = model.visual
+    if isinstance(visual, VisionTransformer) and not isinstance(visual.conv1, PatchEmbedMatmul):
+        visual.conv1 = PatchEmbedMatmul.replacing(visual.conv1)
+    return model
+
+
 def build_clip_for(cfg, device: torch.device | str) -> CLIP:
     """Load ``MODEL.BACKBONE.NAME``, check it fits ``INPUT.SIZE`` and move it to ``device`` (fp32)."""
     model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT or None)
     check_input_size(cfg, model)
+    if cfg.MODEL.PATCH_EMBED_MATMUL:
+        use_patch_embed_matmul(model)
     return model.to(device)

@@ -1,0 +1,27 @@
+"""scripts/bench.py end to end on the CPU at the smallest size: both pipelines (and the patch-embedding
+variant) run the real PromptEmo step and the output ends with the line other tools parse."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import bench  # noqa: E402
+
+
+def test_bench_times_every_pipeline_and_ends_with_the_speedup_line(tmp_path, capsys):
+    assert bench.main(["--backbone", "tiny", "--batch", "8", "--steps", "2", "--warmup", "1", "--workers", "0",
+                       "--per-class", "3", "--image-size", "40", "--work-dir", str(tmp_path),
+                       "--compare-patch-embed"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rates = {}
+    for line in lines:
+        row = re.match(r"\|\s*(dassl|fast|fast\+matmul)\s*\|\s*([\d,]+)\s*\|", line)
+        if row:
+            rates[row.group(1)] = float(row.group(2).replace(",", ""))
+    assert set(rates) == {"dassl", "fast", "fast+matmul"} and all(r > 0 for r in rates.values())
+    assert re.fullmatch(r"speedup \d+\.\d\d", lines[-1])
+    assert abs(float(lines[-1].split()[1]) - rates["fast"] / rates["dassl"]) < 0.05 * rates["fast"] / rates["dassl"] + 0.01
