@@ -20,6 +20,7 @@ is the situation the paper's methods are built for. Everything random is seeded 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ from engine.config.defaults import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD  # noqa: E402
 from engine.data.device_aug import DeviceAugment  # noqa: E402
 from engine.modeling.clip_backbone import CLIP, TINY_CLIP_ARCH, tokenize  # noqa: E402
 from engine.utils.errors import UserError, run_command  # noqa: E402
+from engine.utils.tools import atomic_write_bytes  # noqa: E402
 
 
 #: The pre-training look: between the benchmark's colour and wild domains, but none of them.
@@ -194,9 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     model = pretrain(args.per_class, args.epochs, args.batch_size, seed=args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp{os.getpid()}"
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, args.out)  # never leaves a half-written checkpoint under the real name
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write_bytes(args.out, buffer.getvalue())  # never a half-written checkpoint under the real name
     print(f"wrote {args.out} ({time.time() - start:.0f} s)")
 
 
