@@ -24,4 +24,7 @@ def test_bench_times_every_pipeline_and_ends_with_the_speedup_line(tmp_path, cap
             rates[row.group(1)] = float(row.group(2).replace(",", ""))
     assert set(rates) == {"dassl", "fast", "fast+matmul"} and all(r > 0 for r in rates.values())
     assert re.fullmatch(r"speedup \d+\.\d\d", lines[-1])
-    assert abs(float(lines[-1].split()[1]) - rates["fast"] / rates["dassl"]) < 0.05 * rates["fast"] / rates["dassl"] + 0.01
+    # the table rounds images/s to integers (a few per second on a busy machine), the speedup line to 0.01
+    low = (rates["fast"] - 0.5) / (rates["dassl"] + 0.5)
+    high = (rates["fast"] + 0.5) / max(rates["dassl"] - 0.5, 1e-9)
+    assert low - 0.005 <= float(lines[-1].split()[1]) <= high + 0.005

@@ -34,7 +34,7 @@ class CoOp(TrainerX):
         clip_model.requires_grad_(False)
         self.image_encoder = clip_model.visual
         self.encoder = compiled(self.image_encoder, cfg)
-        self.text_encoder = TextEncoder(clip_model)
+        self.text_encoder = compiled(TextEncoder(clip_model), cfg)
         self.prompt_learner = PromptLearner(clip_model, [f"{n}." for n in classnames], n_ctx=c.N_CTX,
                                             class_specific=c.CSC, position=c.CLASS_TOKEN_POSITION,
                                             names=classnames, init_words=c.CTX_INIT).to(self.device)

@@ -123,9 +123,8 @@ class PromptEmo(TrainerXU):
         n_ctx = c.N_CTX if c.POS_PROMPT == "D" else 0
         prompt_learner = PromptLearner(clip_model, texts, n_ctx=n_ctx, class_specific=True,
                                        init_std=c.CTX_INIT_STD, names=classnames)
-        self.text_encoder = TextEncoder(clip_model).to(self.device)
-        for p in self.text_encoder.parameters():
-            p.requires_grad_(False)
+        text_encoder = TextEncoder(clip_model).to(self.device).requires_grad_(False)
+        self.text_encoder = compiled(text_encoder, cfg)
         self.model = PromptEmoNet(clip_model.visual, prompt_learner).to(self.device)
         self.model.image_encoder.requires_grad_(bool(c.FINETUNE_VISUAL))
         self.encoder = compiled(self.model.image_encoder, cfg)
@@ -137,6 +136,13 @@ class PromptEmo(TrainerXU):
         self._fixed_pos_features = None if n_ctx else self.positive_features().detach()
         self.logit_scale = clip_model.logit_scale.exp().item()  # frozen at CLIP's value
         self.neg_scale = c.NEG_SCALE if c.NEG_SCALE > 0 else self.logit_scale / 2
+        self.loss_settings = L.LossSettings(
+            num_sources=self.num_source_domains, logit_scale=self.logit_scale, neg_scale=self.neg_scale, tau=c.TAU,
+            alpha=c.ALPHA, beta=c.BETA, gamma=c.GAMMA, mmd_multipliers=tuple(float(m) for m in c.MMD_MULTIPLIERS),
+            use_neg=c.USE_NEG, use_target=c.USE_TARGET, use_ess=c.USE_ESS, use_lda=c.USE_LDA)
+        # compiled with MODEL.COMPILE: in eager mode its ~100 small operations (and their backward) cost
+        # more host time than GPU time
+        self.step_losses = compiled(L.step_losses, cfg)
 
         groups = []
         if c.FINETUNE_VISUAL:
@@ -163,32 +169,13 @@ class PromptEmo(TrainerXU):
         return input_x, label_x, self.to_device(batch_x["domain"]), input_u
 
     def forward_backward(self, batch_x: dict, batch_u: dict) -> dict[str, torch.Tensor]:
-        c = self.cfg.TRAINER.PROMPTEMO
         input_x, label_x, domain_x, input_u = self.parse_batch_train(batch_x, batch_u)
         features = encode_images(self.encoder, torch.cat([input_x, input_u]), self.use_bf16)
         f_s, f_t = features[: input_x.shape[0]], features[input_x.shape[0]:]
-        h_p, h_n = self.positive_features(), self.neg_features
-        m = self.num_source_domains
-        zero = features.new_zeros(())
-
-        pos_s = L.positive_logits(f_s, h_p, self.logit_scale)
-        l_ps = L.ps_loss(pos_s, label_x, domain_x, m)
-        l_ns = l_pt = l_nt = l_ess = l_lda = share_p = share_n = zero
-        if c.USE_NEG:
-            l_ns = L.ns_loss(L.negative_logits(f_s, h_n, self.neg_scale), label_x, domain_x, m)
-        if c.USE_TARGET:
-            l_pt, share_p = L.pt_loss(L.positive_logits(f_t, h_p, self.logit_scale), c.TAU)
-            if c.USE_NEG:
-                l_nt, share_n = L.nt_loss(L.negative_logits(f_t, h_n, self.neg_scale), c.TAU)
-        if c.USE_ESS:
-            l_ess = L.ess_loss(h_p, h_n)
-        if c.USE_LDA:
-            l_lda = L.lda_loss(f_s, domain_x, f_t, m, c.MMD_MULTIPLIERS)
-        loss = L.total_loss(l_ps, l_ns, l_pt, l_nt, l_ess, l_lda, c.ALPHA, c.BETA, c.GAMMA)
-        self.model_backward_and_update(loss)
-        return {"loss": loss.detach(), "loss_ps": l_ps.detach(), "loss_ns": l_ns.detach(), "loss_pt": l_pt.detach(),
-                "loss_nt": l_nt.detach(), "loss_ess": l_ess.detach(), "loss_lda": l_lda.detach(),
-                "pseudo_share_p": share_p, "pseudo_share_n": share_n}
+        losses = self.step_losses(f_s, f_t, label_x, domain_x, self.positive_features(), self.neg_features,
+                                  self.loss_settings)
+        self.model_backward_and_update(losses["loss"])
+        return {name: value.detach() for name, value in losses.items()}
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ source index.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -98,3 +99,47 @@ def inference_probs(pos_logits: torch.Tensor, neg_logits: torch.Tensor | None) -
     score is ``1 - max P``."""
     p = pos_logits.softmax(dim=-1)
     return p if neg_logits is None else (p + neg_logits.softmax(dim=-1)) / 2
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """What :func:`step_losses` reads from ``TRAINER.PROMPTEMO``, as plain Python values (so that
+    ``torch.compile`` guards on constants, not on config lookups)."""
+
+    num_sources: int
+    logit_scale: float
+    neg_scale: float
+    tau: float
+    alpha: float
+    beta: float
+    gamma: float
+    mmd_multipliers: tuple[float, ...] = DEFAULT_MULTIPLIERS
+    use_neg: bool = True
+    use_target: bool = True
+    use_ess: bool = True
+    use_lda: bool = True
+
+
+def step_losses(f_s: torch.Tensor, f_t: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
+                h_p: torch.Tensor, h_n: torch.Tensor, settings: LossSettings) -> dict[str, torch.Tensor]:
+    """Every loss of one training step (eq. 3, 4, 7-12) from the normalised source features ``f_s``
+    (with their ``labels`` and source ``domains``), target features ``f_t`` and prompt features.
+    A switched-off term is 0. ``loss`` is eq. 12; ``pseudo_share_p/n`` are the shares of target images
+    that received a pseudo-label (0 without target terms)."""
+    s = settings
+    zero = f_s.new_zeros(())
+    l_ps = ps_loss(positive_logits(f_s, h_p, s.logit_scale), labels, domains, s.num_sources)
+    l_ns = l_pt = l_nt = l_ess = l_lda = share_p = share_n = zero
+    if s.use_neg:
+        l_ns = ns_loss(negative_logits(f_s, h_n, s.neg_scale), labels, domains, s.num_sources)
+    if s.use_target:
+        l_pt, share_p = pt_loss(positive_logits(f_t, h_p, s.logit_scale), s.tau)
+        if s.use_neg:
+            l_nt, share_n = nt_loss(negative_logits(f_t, h_n, s.neg_scale), s.tau)
+    if s.use_ess:
+        l_ess = ess_loss(h_p, h_n)
+    if s.use_lda:
+        l_lda = lda_loss(f_s, domains, f_t, s.num_sources, s.mmd_multipliers)
+    loss = total_loss(l_ps, l_ns, l_pt, l_nt, l_ess, l_lda, s.alpha, s.beta, s.gamma)
+    return {"loss": loss, "loss_ps": l_ps, "loss_ns": l_ns, "loss_pt": l_pt, "loss_nt": l_nt, "loss_ess": l_ess,
+            "loss_lda": l_lda, "pseudo_share_p": share_p, "pseudo_share_n": share_n}

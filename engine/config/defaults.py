@@ -131,7 +131,8 @@ _C.MODEL.BACKBONE.NAME = "ViT-B/32"
 _C.MODEL.BACKBONE.PRETRAINED = True
 # Where OpenAI names are downloaded to and looked up ("" = ~/.cache/clip, as clip.load does)
 _C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
-# torch.compile the image encoder (faster steps on GPUs after a one-off compilation)
+# torch.compile the image and text encoders and PromptEmo's losses (faster steps on GPUs after a one-off
+# compilation; see engine/modeling/clip_backbone.compiled)
 _C.MODEL.COMPILE = False
 # Compute a ViT's patch embedding as one matrix product instead of a convolution (same weights and result;
 # see engine/modeling/clip_backbone.py). Off until measured faster on a GPU.
