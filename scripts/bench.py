@@ -10,12 +10,16 @@ as JPEG files of ``--image-size`` pixels so that decoding costs what it costs on
 - ``dassl``: PIL decoding and augmentation in DataLoader workers on every step, fp32, plain AdamW
   (how Dassl/CoOp-style code trains);
 - ``fast``: the decoded-image cache with augmentation on the device (resident on the GPU there),
-  bf16 autocast where the device has it, fused AdamW, ``torch.compile`` of the image encoder on GPUs.
+  bf16 autocast where the device has it, fused AdamW, ``torch.compile`` of the encoders and the losses
+  on GPUs (``MODEL.COMPILE``).
 
 ``--compare-patch-embed`` adds a third row, ``fast+matmul``: the fast path with the ViT's patch embedding
 computed as one matrix product (``MODEL.PATCH_EMBED_MATMUL``) instead of cuDNN's convolution.
 
-Images/s counts every image through the encoder (source + target). The last line is exactly
+Images/s counts every image through the encoder (source + target). ``--repeats`` rounds measure the
+pipelines in turn; the table gives each one's median and range (a difference between pipelines within
+the range is noise). ``--profile`` adds, per fast pipeline, its costliest GPU kernels and the share of
+the step the GPU is busy (below 100%: the host's launches set the pace). The last line is exactly
 ``speedup <fast / dassl>``. ``--backbone ViT-B/32`` uses the released architecture with random weights
 (``random:ViT-B/32``): throughput does not depend on the weights.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -119,14 +124,18 @@ def measure(trainer, warmup: int, steps: int) -> tuple[float, float]:
     return images / elapsed, 1000 * elapsed / steps
 
 
-def profile(trainer, steps: int = 3) -> None:
-    """The ten GPU kernels that take the most time over a few fast-path steps."""
+def profile(trainer, steps: int = 3) -> float:
+    """Print the ten GPU kernels that take the most time over a few fast-path steps; return the GPU
+    kernel time per step in ms (all kernels, one stream after another)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         measure(trainer, 0, steps)
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=60))
+    averages = prof.key_averages()
+    print(averages.table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=60))
+    total_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in averages)
+    return total_us / 1000 / steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="also print the fast path's most expensive GPU kernels")
     p.add_argument("--work-dir", default=None, help="where images and caches go (default: a temporary folder)")
     p.add_argument("--no-compile", action="store_true", help="fast path without torch.compile")
+    p.add_argument("--repeats", type=int, default=3 if cuda else 1,
+                   help="measurement rounds, pipelines in turn; the table gives each one's median and range")
     p.add_argument("--compare-patch-embed", action="store_true",
                    help="also time the fast path with the patch embedding as one matrix product (MODEL.PATCH_EMBED_MATMUL)")
     args = p.parse_args(argv)
@@ -150,29 +161,39 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger(None, console=False)
     work = args.work_dir or tempfile.mkdtemp(prefix="promptemo-bench-")
     data_root = prepare_images(work, args.image_size, args.per_class)
-    rows, rates = [], []
     pipelines = [("dassl", False, False), ("fast", True, False)]
     if args.compare_patch_embed:
         pipelines.append(("fast+matmul", True, True))
-    for name, fast, patch_matmul in pipelines:
-        trainer = build(args, data_root, fast, os.path.join(work, "cache"), os.path.join(work, "out", name),
-                        patch_embed_matmul=patch_matmul)
-        ips, ms = measure(trainer, args.warmup, args.steps)
-        rows.append([name, f"{ips:,.0f}", f"{ms:.1f}"])
-        rates.append(ips)
-        if fast and args.profile and cuda:
-            print(f"most expensive GPU kernels, {name}:")
-            profile(trainer)
-        del trainer
-        if cuda:
-            torch.cuda.empty_cache()
+    trainers_by_name = {name: build(args, data_root, fast, os.path.join(work, "cache"), os.path.join(work, "out", name),
+                                    patch_embed_matmul=patch_matmul)
+                        for name, fast, patch_matmul in pipelines}
+    # Rounds in turn (dassl, fast, fast+matmul, dassl, ...): a drift of the machine over time (clocks,
+    # other load) then spreads over every pipeline instead of favouring the one measured first.
+    rates: dict[str, list[float]] = {name: [] for name in trainers_by_name}
+    step_ms: dict[str, list[float]] = {name: [] for name in trainers_by_name}
+    for _ in tqdm(range(args.repeats), desc="rounds", disable=args.repeats == 1):
+        for name, trainer in trainers_by_name.items():
+            ips, ms = measure(trainer, args.warmup, args.steps)
+            rates[name].append(ips)
+            step_ms[name].append(ms)
+    rows = [[name, f"{statistics.median(values):,.0f}", f"{statistics.median(step_ms[name]):.1f}",
+             f"{min(values):,.0f}-{max(values):,.0f}"] for name, values in rates.items()]
+    if args.profile and cuda:
+        for name, fast, _ in pipelines:
+            if fast:
+                print(f"most expensive GPU kernels, {name}:")
+                gpu_ms = profile(trainers_by_name[name])
+                wall_ms = statistics.median(step_ms[name])
+                print(f"{name}: GPU kernels {gpu_ms:.1f} ms per step of {wall_ms:.1f} ms "
+                      f"({100 * gpu_ms / wall_ms:.0f}% busy; the rest is the GPU waiting for the host)")
+    median = {name: statistics.median(values) for name, values in rates.items()}
     device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
     print(f"PromptEmo training step, backbone {args.backbone}, batch {args.batch} source + {args.batch} target, "
-          f"{args.image_size}px JPEGs, {device}, torch {torch.__version__}")
-    print(tabulate(rows, headers=["pipeline", "images/s", "ms/step"], tablefmt="github"))
+          f"{args.image_size}px JPEGs, {device}, torch {torch.__version__}, median of {args.repeats} round(s)")
+    print(tabulate(rows, headers=["pipeline", "images/s", "ms/step", "range images/s"], tablefmt="github"))
     if args.compare_patch_embed:
-        print(f"patch embedding as matmul / convolution (fast path): {rates[2] / rates[1]:.2f}")
-    print(f"speedup {rates[1] / rates[0]:.2f}")
+        print(f"patch embedding as matmul / convolution (fast path): {median['fast+matmul'] / median['fast']:.2f}")
+    print(f"speedup {median['fast'] / median['dassl']:.2f}")
     return 0
 
 

@@ -1,5 +1,5 @@
 """scripts/bench.py end to end on the CPU at the smallest size: both pipelines (and the patch-embedding
-variant) run the real PromptEmo step and the output ends with the line other tools parse."""
+variant) run the real PromptEmo step, in two rounds, and the output ends with the line other tools parse."""
 from __future__ import annotations
 
 import os
@@ -15,13 +15,15 @@ import bench  # noqa: E402
 def test_bench_times_every_pipeline_and_ends_with_the_speedup_line(tmp_path, capsys):
     assert bench.main(["--backbone", "tiny", "--batch", "8", "--steps", "2", "--warmup", "1", "--workers", "0",
                        "--per-class", "3", "--image-size", "40", "--work-dir", str(tmp_path),
-                       "--compare-patch-embed"]) == 0
+                       "--compare-patch-embed", "--repeats", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     rates = {}
     for line in lines:
-        row = re.match(r"\|\s*(dassl|fast|fast\+matmul)\s*\|\s*([\d,]+)\s*\|", line)
+        row = re.match(r"\|\s*(dassl|fast|fast\+matmul)\s*\|\s*([\d,]+)\s*\|\s*[\d.]+\s*\|\s*([\d,]+)-([\d,]+)\s*\|", line)
         if row:
-            rates[row.group(1)] = float(row.group(2).replace(",", ""))
+            median, low, high = (float(row.group(k).replace(",", "")) for k in (2, 3, 4))
+            assert low <= median <= high  # the median of the two rounds lies in their range
+            rates[row.group(1)] = median
     assert set(rates) == {"dassl", "fast", "fast+matmul"} and all(r > 0 for r in rates.values())
     assert re.fullmatch(r"speedup \d+\.\d\d", lines[-1])
     # the table rounds images/s to integers (a few per second on a busy machine), the speedup line to 0.01

@@ -186,7 +186,9 @@ def test_patch_embed_matmul_trains_like_the_convolution(synthetic_root, tmp_path
             assert torch.allclose(grads_matmul[name].grad, param.grad, atol=1e-4 * scale), name
 
 
-def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_path, monkeypatch, full_fp32):
+@pytest.mark.parametrize("patch_embed_matmul", ["False", "True"])
+def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_path, monkeypatch, full_fp32,
+                                                         patch_embed_matmul):
     """MODEL.COMPILE compiles the image encoder, the text encoder and the losses. One step gives the
     eager step's losses and gradients, and nothing in them breaks the graph (a break falls back to one
     launch per operation, the host overhead that compiling removes)."""
@@ -199,8 +201,9 @@ def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_pat
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", **kw))
     torch._dynamo.reset()
     counters.clear()
-    eager = _trainer(synthetic_root, str(tmp_path / "eager"), "TRAIN.PRECISION", "fp32")
-    comp = _trainer(synthetic_root, str(tmp_path / "compiled"), "TRAIN.PRECISION", "fp32", "MODEL.COMPILE", "True")
+    opts = ["TRAIN.PRECISION", "fp32", "MODEL.PATCH_EMBED_MATMUL", patch_embed_matmul]
+    eager = _trainer(synthetic_root, str(tmp_path / "eager"), *opts)
+    comp = _trainer(synthetic_root, str(tmp_path / "compiled"), *opts, "MODEL.COMPILE", "True")
     for part in (comp.encoder, comp.text_encoder, comp.step_losses):
         assert hasattr(part, "_torchdynamo_orig_callable") or hasattr(part, "_orig_mod"), part
     losses_eager, losses_comp = _one_step(eager), _one_step(comp)
