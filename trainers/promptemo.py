@@ -140,8 +140,8 @@ class PromptEmo(TrainerXU):
             num_sources=self.num_source_domains, logit_scale=self.logit_scale, neg_scale=self.neg_scale, tau=c.TAU,
             alpha=c.ALPHA, beta=c.BETA, gamma=c.GAMMA, mmd_multipliers=tuple(float(m) for m in c.MMD_MULTIPLIERS),
             use_neg=c.USE_NEG, use_target=c.USE_TARGET, use_ess=c.USE_ESS, use_lda=c.USE_LDA)
-        # compiled with MODEL.COMPILE: in eager mode its ~100 small operations (and their backward) cost
-        # more host time than GPU time
+        # compiled with MODEL.COMPILE: in eager mode its few hundred tiny operations (forward and backward,
+        # on a batch's features) cost more host time to launch than GPU time to run
         self.step_losses = compiled(L.step_losses, cfg)
 
         groups = []
