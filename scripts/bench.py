@@ -171,11 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     # other load) then spreads over every pipeline instead of favouring the one measured first.
     rates: dict[str, list[float]] = {name: [] for name in trainers_by_name}
     step_ms: dict[str, list[float]] = {name: [] for name in trainers_by_name}
-    for _ in tqdm(range(args.repeats), desc="rounds", disable=args.repeats == 1):
+    for round_no in range(1, args.repeats + 1):
         for name, trainer in trainers_by_name.items():
             ips, ms = measure(trainer, args.warmup, args.steps)
             rates[name].append(ips)
             step_ms[name].append(ms)
+        if args.repeats > 1:  # as it comes, so that a run cut short by a time limit still reports something
+            print(f"round {round_no}/{args.repeats}: " + ", ".join(f"{n} {r[-1]:,.0f}" for n, r in rates.items())
+                  + " images/s", flush=True)
     rows = [[name, f"{statistics.median(values):,.0f}", f"{statistics.median(step_ms[name]):.1f}",
              f"{min(values):,.0f}-{max(values):,.0f}"] for name, values in rates.items()]
     if args.profile and cuda:

@@ -15,16 +15,18 @@ if [ -d .whl ]; then  # packages the machine lacks, carried as wheels
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
-timeout "${BENCH_TIMEOUT:-300}" python3 scripts/bench.py --backbone ViT-B/32 --batch 256 --steps 30 --warmup 10 --repeats 3 \
+timeout "${BENCH_TIMEOUT:-320}" python3 scripts/bench.py --backbone ViT-B/32 --batch 256 --steps 25 --warmup 5 --repeats 3 \
   --profile --compare-patch-embed --work-dir /tmp/bench 2>&1 | tee "$OUT/bench.log"
-if ! grep -q '^speedup' "$OUT/bench.log"; then
+bench_rc=${PIPESTATUS[0]}
+# a failure (not a time-out, 124: the rounds printed so far are the result) is retried without compiling
+if [ "$bench_rc" -ne 0 ] && [ "$bench_rc" -ne 124 ]; then
   echo "bench with torch.compile failed; retrying without" | tee -a "$OUT/bench.log"
-  timeout 150 python3 scripts/bench.py --backbone ViT-B/32 --batch 256 --steps 30 --warmup 5 --no-compile \
+  timeout 120 python3 scripts/bench.py --backbone ViT-B/32 --batch 256 --steps 25 --warmup 5 --repeats 1 --no-compile \
     --work-dir /tmp/bench 2>&1 | tee -a "$OUT/bench.log"
 fi
 # The suite took over 300 s in one process on an H200 machine (2026-11-26): run it on 8 processes sharing the
 # GPU (pytest-xdist, carried as a wheel), whole files per process so module fixtures are built once.
 XDIST=""
 python3 -c "import xdist" 2>/dev/null && XDIST="-n 8 --dist loadfile"
-timeout "${TEST_TIMEOUT:-270}" python3 -m pytest -q -p no:cacheprovider $XDIST -rfE --durations=10 2>&1 \
+timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider $XDIST -rfE --durations=10 2>&1 \
   | tee "$OUT/pytest_cuda.log" | tail -40
