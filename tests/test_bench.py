@@ -30,3 +30,23 @@ def test_bench_times_every_pipeline_and_ends_with_the_speedup_line(tmp_path, cap
     low = (rates["fast"] - 0.5) / (rates["dassl"] + 0.5)
     high = (rates["fast"] + 0.5) / max(rates["dassl"] - 0.5, 1e-9)
     assert low - 0.005 <= float(lines[-1].split()[1]) <= high + 0.005
+
+
+def test_host_ops_counts_every_part_of_the_step(tmp_path, capsys):
+    import host_ops
+
+    assert host_ops.main(["--backbone", "tiny", "--batch", "8", "--work-dir", str(tmp_path)]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[3].isdigit():
+            rows[cells[0]] = (int(cells[1]), int(cells[2] or 0), int(cells[3]))
+    parts = ["data (source + target batch)", "image encoder", "text encoder (positive prompts)", "losses",
+             "optimiser update"]
+    assert set(rows) == set(parts) | {"whole step (without data)"}
+    assert all(rows[p][0] > 0 for p in parts)
+    # gradients reach the prompts through the text encoder, and the image encoder through the losses
+    assert rows["text encoder (positive prompts)"][1] > 0 and rows["image encoder"][1] > 0 and rows["losses"][1] > 0
+    # the parts, counted one by one, are what the whole step dispatches (give or take its glue)
+    inside = sum(rows[p][2] for p in parts[1:])
+    assert inside <= rows["whole step (without data)"][2] <= inside + 50
