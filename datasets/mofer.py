@@ -104,6 +104,11 @@ class MOFER(DatasetBase):
             logger.warning("Target domain '%s' has no training images: methods that adapt to the target "
                            "have no unlabelled pool", target)
 
+        # Decoded-image caches per domain split, unfiltered: every run that reads a domain's split (any
+        # unseen class, the domain as a source or as the target) shares one cache of it.
+        self._cache_groups = {"train_x": [(f"{name}-train", splits[name].train) for name in sources],
+                              "train_u": [(f"{target}-train", t.train)],
+                              "test": [(f"{target}-test", t.test)]}
         self.split_counts = {
             "sources": {name: _counts([it.label for it in splits[name].train if it.label in to_seen]) for name in sources},
             "target_train": _counts(self.target_train_labels),
@@ -116,6 +121,9 @@ class MOFER(DatasetBase):
         if cfg.OUTPUT_DIR and int(os.environ.get("RANK", "0")) == 0:
             mkdir_if_missing(cfg.OUTPUT_DIR)
             write_json(self.split_counts, osp.join(cfg.OUTPUT_DIR, "splits.json"))
+
+    def cache_groups(self, split: str):
+        return self._cache_groups.get(split)
 
     def split_table(self) -> str:
         """Images per class for every part of the split (unseen classes marked with *)."""

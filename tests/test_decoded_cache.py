@@ -17,7 +17,7 @@ from engine.config import extend_cfg, get_cfg_default, merge_from_list
 from engine.data import DataManager, DatasetWrapper
 from engine.data import cache as cache_module
 from engine.data.cache import DecodedCache, decode_image, open_decoded_cache
-from engine.data.cached_loader import CachedLoader
+from engine.data.cached_loader import CachedLoader, CacheView, take_rows
 from engine.data.datasets import Datum
 from engine.data.device_aug import DeviceAugment, crop_resize_flip, sample_resized_crop_params
 from engine.data.samplers import build_sampler
@@ -248,3 +248,32 @@ def test_a_trainer_runs_with_the_cache(synthetic_root, tmp_path):
     trainer.train()
     results = json.load(open(out / "results.json"))
     assert results["epochs_trained"] == 1 and np.isfinite(results["metrics"]["acc_s"])
+
+
+def test_a_domain_split_is_decoded_once_for_every_run_that_reads_it(synthetic_root, tmp_path):
+    """MOFER caches each domain's split whole: a run with another unseen class, or with the domain in
+    another role, reuses that cache, and every split still reads its own images."""
+    cache_dir = tmp_path / "cache"
+    opts = ["DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", str(cache_dir)]
+
+    def arrays() -> list[str]:
+        return sorted(f for f in os.listdir(cache_dir) if f.endswith(".npy"))
+
+    fear = DataManager(make_cfg(synthetic_root, str(tmp_path / "a"), *opts))
+    first = arrays()
+    assert len(first) == 5  # the three sources' train splits, the target's train and test splits
+    happiness = DataManager(make_cfg(synthetic_root, str(tmp_path / "b"), *opts, unseen="happiness"))
+    assert arrays() == first
+    # synth_lab as the target: its train split is the cache it had as a source; only its test split is new
+    swapped = DataManager(make_cfg(synthetic_root, str(tmp_path / "c"), *opts, "DATASET.SOURCE_DOMAINS",
+                                   "synth_color,synth_gray,synth_wild", "DATASET.TARGET_DOMAINS", "synth_lab"))
+    new = sorted(set(arrays()) - set(first))
+    assert len(new) == 1 and "synth_lab-test" in new[0], new
+    for dm in (fear, happiness, swapped):
+        assert isinstance(dm.train_loader_x.images, CacheView)  # three sources, unseen class left out
+        for loader in (dm.train_loader_x, dm.train_loader_u, dm.test_loader):
+            index = np.arange(len(loader.dataset))
+            rows = np.empty((len(index), 32, 32, 3), dtype=np.uint8)
+            take_rows(loader.images, index, rows)
+            for i in range(len(index)):
+                assert np.array_equal(rows[i], decode_image(loader.dataset[i], 32)), loader.dataset[i].impath

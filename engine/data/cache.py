@@ -33,6 +33,12 @@ configuration (other source domains, another size) may still use them; delete th
 files of one stem, to reclaim the space. Temporary files of builds that died on this host are
 removed by the next build of the same cache.
 
+A dataset may name shared lists instead (:meth:`DatasetBase.cache_groups`): MO-FER caches each domain's
+train and test split whole (``MOFER-<domain>-train-...``, ``MOFER-<domain>-test-...``), so the runs of a
+protocol share them whatever the unseen class and whether the domain is a source or the target (28
+cells of the paper's protocol would otherwise each decode their own copy of AffectNet); a split then
+reads its rows from those caches (``engine.data.cached_loader.CacheView``).
+
 Decoding processes come from ``multiprocessing``'s default start method (fork on Linux before
 Python 3.14, as DataLoader workers), each opening the temporary array itself; they never use CUDA.
 

@@ -54,11 +54,66 @@ def loader_device(cfg) -> torch.device:
     return torch.device("cpu")
 
 
+class CacheView:
+    """A split's rows gathered from several decoded caches (a dataset's :meth:`cache_groups`): row ``i``
+    is ``data_source[i]``'s image, held at row ``rows[i]`` of ``arrays[sources[i]]``. Read through
+    :func:`take_rows`, like a plain array."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], sources: np.ndarray, rows: np.ndarray) -> None:
+        self.arrays = list(arrays)
+        self.sources = np.asarray(sources, dtype=np.int64)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.shape = (len(self.rows), *self.arrays[0].shape[1:])
+        self.dtype = np.dtype(np.uint8)
+        self.nbytes = int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, index: np.ndarray, out: np.ndarray) -> None:
+        """``out[k] = self[index[k]]``, reading each cache's rows in ``index`` order."""
+        for a, array in enumerate(self.arrays):
+            picked = np.flatnonzero(self.sources[index] == a)
+            if len(picked):
+                out[picked] = array[self.rows[index[picked]]]
+
+
+def take_rows(images: np.ndarray | CacheView, index: np.ndarray, out: np.ndarray) -> None:
+    """``out[k] = images[index[k]]`` for a cache array or a :class:`CacheView`."""
+    if isinstance(images, CacheView):
+        images.take(index, out)
+    else:
+        # mode="clip" writes straight into ``out`` (mode="raise" buffers); indices are valid
+        np.take(images, index, axis=0, out=out, mode="clip")
+
+
+def open_cache_view(groups: Sequence[tuple[str, Sequence]], data_source: Sequence[Datum], directory: str,
+                    dataset: str, size: int, interpolation: str, num_workers: int) -> np.ndarray | CacheView:
+    """The decoded images of ``data_source`` from the caches of ``groups`` (each loaded or built once,
+    whichever split asks first): the group's array itself when the split is exactly that group."""
+    arrays, where = [], {}
+    for a, (name, items) in enumerate(groups):
+        arrays.append(open_decoded_cache(items, directory, dataset, name, size, interpolation,
+                                         num_workers=num_workers))
+        for row, item in enumerate(items):
+            where.setdefault((item.impath, item.crop), (a, row))
+    try:
+        located = np.array([where[(item.impath, item.crop)] for item in data_source], dtype=np.int64).reshape(-1, 2)
+    except KeyError as e:
+        raise ValueError(f"{dataset}: image {e.args[0][0]} of the split is in none of its cache groups "
+                         f"({', '.join(name for name, _ in groups)})") from None
+    sources, rows = located[:, 0], located[:, 1]
+    if len(arrays) == 1 and len(rows) == len(arrays[0]) and np.array_equal(rows, np.arange(len(rows))):
+        return arrays[0]
+    return CacheView(arrays, sources, rows)
+
+
 class CachedLoader:
     """Iterates batches of ``data_source`` in ``sampler`` order from ``images`` (see module docstring).
 
     Args:
-        images: uint8 ``(N, S, S, 3)`` array, row ``i`` being ``data_source[i]`` (a memory map or not).
+        images: uint8 ``(N, S, S, 3)`` array, row ``i`` being ``data_source[i]`` (a memory map or not), or a
+            :class:`CacheView` of several.
         data_source: the split's items.
         sampler: yields indices into ``data_source``; a new pass per ``iter(loader)``.
         batch_size: images per batch.
@@ -72,7 +127,7 @@ class CachedLoader:
         prefetch: batches the host thread may read ahead (memory-mapped residency).
     """
 
-    def __init__(self, images: np.ndarray, data_source: Sequence[Datum], sampler: Sampler, batch_size: int,
+    def __init__(self, images: np.ndarray | CacheView, data_source: Sequence[Datum], sampler: Sampler, batch_size: int,
                  augment: DeviceAugment, device: torch.device | str, *, drop_last: bool = False,
                  on_device: bool = False, seed: int = 0, k_transforms: int = 1,
                  img0_augment: DeviceAugment | None = None, prefetch: int = 2) -> None:
@@ -193,14 +248,13 @@ class _CachedLoaderIter:
         self.close()
 
 
-def _gather_batches(images: np.ndarray, batches: list[np.ndarray], out: queue.Queue, stop: threading.Event,
+def _gather_batches(images: np.ndarray | CacheView, batches: list[np.ndarray], out: queue.Queue, stop: threading.Event,
                     pin: bool) -> None:
     """Thread body: each batch's rows, read in sorted index order, into (pinned) host tensors."""
     try:
         for index in batches:
             rows = torch.empty((len(index), *images.shape[1:]), dtype=torch.uint8, pin_memory=pin)
-            # mode="clip" writes straight into ``rows`` (mode="raise" buffers); indices are valid
-            np.take(images, np.sort(index), axis=0, out=rows.numpy(), mode="clip")
+            take_rows(images, np.sort(index), rows.numpy())
             if not _put(out, rows, stop):
                 return
     except BaseException as e:  # handed to the consumer, which raises it
@@ -225,7 +279,7 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
-def _upload(images: np.ndarray, device: torch.device) -> torch.Tensor:
+def _upload(images: np.ndarray | CacheView, device: torch.device) -> torch.Tensor:
     """The whole array on ``device``, copied in chunks (bounded host memory beyond the memory map)."""
     try:
         out = torch.empty(images.shape, dtype=torch.uint8, device=device)
@@ -235,8 +289,11 @@ def _upload(images: np.ndarray, device: torch.device) -> torch.Tensor:
     row_bytes = max(1, int(np.prod(images.shape[1:])))
     rows = max(1, _UPLOAD_CHUNK_BYTES // row_bytes)
     for start in range(0, len(images), rows):
-        # np.array copies the read-only memory map into memory torch may own
-        out[start: start + rows].copy_(torch.from_numpy(np.array(images[start: start + rows])))
+        # a copy out of the read-only memory map, into memory torch may own
+        index = np.arange(start, min(start + rows, len(images)))
+        chunk = np.empty((len(index), *images.shape[1:]), dtype=np.uint8)
+        take_rows(images, index, chunk)
+        out[start: start + rows].copy_(torch.from_numpy(chunk))
     return out
 
 
@@ -250,18 +307,23 @@ def check_cache_config(cfg) -> None:
 
 
 def build_cached_loader(cfg, sampler: Sampler, data_source: Sequence[Datum], batch_size: int, is_train: bool,
-                        drop_last: bool, split: str, seed: int = 0,
-                        device: torch.device | None = None) -> CachedLoader:
+                        drop_last: bool, split: str, seed: int = 0, device: torch.device | None = None,
+                        groups: Sequence[tuple[str, Sequence]] | None = None) -> CachedLoader:
     """A :class:`CachedLoader` for one split, its cache loaded or built (``build_data_loader``'s
-    counterpart; it receives that function's sampler, batch size and ``drop_last``)."""
+    counterpart; it receives that function's sampler, batch size and ``drop_last``). With ``groups``
+    (the dataset's :meth:`cache_groups`) the images come from those shared caches."""
     check_cache_config(cfg)
     c = cfg.DATALOADER.CACHE
     size = cache_size(cfg)
     if size < max(cfg.INPUT.SIZE):
         logger.warning("DATALOADER.CACHE.SIZE %d is below INPUT.SIZE %s: cached images will be enlarged",
                        size, tuple(cfg.INPUT.SIZE))
-    images = open_decoded_cache(data_source, c.DIR, cfg.DATASET.NAME, split, size, cfg.INPUT.INTERPOLATION,
-                                num_workers=cache_workers(cfg))
+    if groups and data_source:
+        images = open_cache_view(groups, data_source, c.DIR, cfg.DATASET.NAME, size, cfg.INPUT.INTERPOLATION,
+                                 cache_workers(cfg))
+    else:
+        images = open_decoded_cache(data_source, c.DIR, cfg.DATASET.NAME, split, size, cfg.INPUT.INTERPOLATION,
+                                    num_workers=cache_workers(cfg))
     img0 = DeviceAugment.from_cfg(cfg, train=False, choices=["normalize"]) if cfg.DATALOADER.RETURN_IMG0 else None
     return CachedLoader(
         images, data_source, sampler, batch_size, DeviceAugment.from_cfg(cfg, train=is_train),

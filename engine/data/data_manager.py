@@ -112,10 +112,12 @@ def _cache_enabled(cfg) -> bool:
 
 def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batch_size: int = 64,
                       n_domain: int = 0, tfm: Callable | None = None, is_train: bool = True,
-                      dataset_wrapper: type[Dataset] | None = None, seed: int = 0, split: str = "data"):
+                      dataset_wrapper: type[Dataset] | None = None, seed: int = 0, split: str = "data",
+                      cache_groups: list[tuple[str, Sequence]] | None = None):
     """A DataLoader over ``data_source`` with a named sampler (Dassl's ``build_data_loader``), or with
     ``DATALOADER.CACHE.ENABLED`` a ``CachedLoader`` with the same sampler, batches and ``drop_last``
-    (``split`` names its cache)."""
+    (``split`` names its cache; ``cache_groups``, from :meth:`DatasetBase.cache_groups`, the shared
+    caches that hold its images instead)."""
     # Under torchrun the sampler yields this rank's share of the global order and a training batch
     # is this rank's share of the global batch (engine.utils.distributed).
     sampler = build_sampler(sampler_type, data_source, batch_size=batch_size, n_domain=n_domain,
@@ -130,7 +132,8 @@ def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batc
         # Imported here: engine.data.cache imports read_image from this module.
         from engine.data.cached_loader import build_cached_loader
 
-        return build_cached_loader(cfg, sampler, data_source, batch_size, is_train, drop_last, split, seed=seed)
+        return build_cached_loader(cfg, sampler, data_source, batch_size, is_train, drop_last, split, seed=seed,
+                                   groups=cache_groups)
     wrapper = dataset_wrapper or DatasetWrapper
     num_workers = cfg.DATALOADER.NUM_WORKERS
     # Augmentation is seeded per sample (DatasetWrapper); this generator only seeds the workers' own
@@ -164,12 +167,15 @@ class DataManager:
         loader_cfg = cfg.DATALOADER
         # Each training loader gets its own seed stream so adding one never shifts another's order.
         seed = cfg.SEED
+        # a dataset from elsewhere (Dassl's, say) may lack cache_groups: its splits then make their own caches
+        groups = getattr(dataset, "cache_groups", lambda split: None)
 
         self.train_loader_x = None
         if dataset.train_x:
             self.train_loader_x = build_data_loader(
                 cfg, loader_cfg.TRAIN_X.SAMPLER, dataset.train_x, loader_cfg.TRAIN_X.BATCH_SIZE,
-                loader_cfg.TRAIN_X.N_DOMAIN, tfm_train, True, dataset_wrapper, seed=seed, split="train_x")
+                loader_cfg.TRAIN_X.N_DOMAIN, tfm_train, True, dataset_wrapper, seed=seed, split="train_x",
+                cache_groups=groups("train_x"))
 
         self.train_loader_u = None
         if dataset.train_u:
@@ -178,17 +184,17 @@ class DataManager:
             sampler_u = "RandomSampler" if u_cfg.SAMPLER == "RandomDomainSampler" else u_cfg.SAMPLER
             self.train_loader_u = build_data_loader(
                 cfg, sampler_u, dataset.train_u, u_cfg.BATCH_SIZE, u_cfg.N_DOMAIN, tfm_train, True,
-                dataset_wrapper, seed=seed + 1 if seed >= 0 else seed, split="train_u")
+                dataset_wrapper, seed=seed + 1 if seed >= 0 else seed, split="train_u", cache_groups=groups("train_u"))
 
         self.val_loader = None
         if dataset.val:
             self.val_loader = build_data_loader(
                 cfg, loader_cfg.TEST.SAMPLER, dataset.val, loader_cfg.TEST.BATCH_SIZE, tfm=tfm_test,
-                is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="val")
+                is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="val", cache_groups=groups("val"))
 
         self.test_loader = build_data_loader(
             cfg, loader_cfg.TEST.SAMPLER, dataset.test or [], loader_cfg.TEST.BATCH_SIZE, tfm=tfm_test,
-            is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="test")
+            is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="test", cache_groups=groups("test"))
 
         self._num_classes = dataset.num_classes
         self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)

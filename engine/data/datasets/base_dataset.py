@@ -1,6 +1,8 @@
 """``Datum`` and ``DatasetBase`` with Dassl's attributes (``train_x, train_u, val, test...``)."""
 from __future__ import annotations
 
+from typing import Sequence
+
 from dataclasses import dataclass
 
 from engine.registry import Registry
@@ -69,6 +71,14 @@ class DatasetBase:
     @property
     def lab2cname(self) -> dict[int, str]:
         return self._lab2cname
+
+    def cache_groups(self, split: str) -> list[tuple[str, Sequence]] | None:
+        """The image lists whose decoded caches (``DATALOADER.CACHE``) hold ``split``'s images, as
+        ``[(name, items)]``; an item needs ``impath`` and ``crop``. Each list should be complete for what it
+        names (a domain's whole train split, say), so that runs using different parts of it (another unseen
+        class, the domain as a source or as the target) share one cache. ``None`` (the default): the
+        split's own items make its cache."""
+        return None
 
     @property
     def classnames(self) -> list[str]:
