@@ -156,6 +156,19 @@ def test_too_long_description_is_rejected_not_cut(synthetic_root, tmp_path):
         _trainer(synthetic_root, str(tmp_path / "o"), "TRAINER.PROMPTEMO.DESCRIPTIONS", str(path))
 
 
+def _assert_same_step(reference, losses_ref: dict, other, losses_other: dict, rel: float, abs_: float) -> None:
+    """Two trainers' step: the same losses (``rel``/``abs_``) and gradients (``rel`` of each parameter's
+    largest gradient). Gradients, not updated weights: Adam's first step is about lr * sign(gradient),
+    so rounding noise on a near-zero gradient flips a weight by 2 * lr without meaning anything."""
+    for name, value in losses_ref.items():
+        assert float(losses_other[name]) == pytest.approx(float(value), rel=rel, abs=abs_), name
+    grads_other = dict(other.model.named_parameters())
+    for name, param in reference.model.named_parameters():
+        if param.grad is not None:
+            scale = param.grad.abs().max().item() + 1e-12
+            assert torch.allclose(grads_other[name].grad, param.grad, atol=rel * scale), name
+
+
 @pytest.fixture
 def full_fp32():
     """No TF32 on a GPU (cuDNN convolutions use it by default) for comparisons at fp32 tolerance."""
@@ -173,17 +186,8 @@ def test_patch_embed_matmul_trains_like_the_convolution(synthetic_root, tmp_path
     matmul = _trainer(synthetic_root, str(tmp_path / "matmul"), "TRAIN.PRECISION", "fp32",
                       "MODEL.PATCH_EMBED_MATMUL", "True")
     assert type(matmul.model.image_encoder.conv1).__name__ == "PatchEmbedMatmul"
-    losses_conv, losses_matmul = _one_step(conv), _one_step(matmul)
-    for name, value in losses_conv.items():
-        assert float(losses_matmul[name]) == pytest.approx(float(value), rel=1e-4, abs=1e-5), name
+    _assert_same_step(conv, _one_step(conv), matmul, _one_step(matmul), rel=1e-4, abs_=1e-5)
     assert list(conv.model.state_dict()) == list(matmul.model.state_dict())  # checkpoints interchangeable
-    # Gradients, not updated weights: Adam's first step is about lr * sign(gradient), so rounding noise on
-    # a near-zero gradient flips a weight by 2 * lr without meaning anything.
-    grads_matmul = dict(matmul.model.named_parameters())
-    for name, param in conv.model.named_parameters():
-        if param.grad is not None:
-            scale = param.grad.abs().max().item() + 1e-12
-            assert torch.allclose(grads_matmul[name].grad, param.grad, atol=1e-4 * scale), name
 
 
 @pytest.mark.parametrize("patch_embed_matmul", ["False", "True"])
@@ -208,12 +212,8 @@ def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_pat
         assert hasattr(part, "_torchdynamo_orig_callable") or hasattr(part, "_orig_mod"), part
     losses_eager, losses_comp = _one_step(eager), _one_step(comp)
     assert set(losses_eager) == set(losses_comp)
-    for name, value in losses_eager.items():
-        assert float(losses_comp[name]) == pytest.approx(float(value), rel=1e-5, abs=1e-6), name
-    grads_comp = dict(comp.model.named_parameters())
-    for name, param in eager.model.named_parameters():
-        scale = param.grad.abs().max().item() + 1e-12
-        assert torch.allclose(grads_comp[name].grad, param.grad, atol=1e-5 * scale), name
+    assert all(p.grad is not None for p in eager.model.parameters())
+    _assert_same_step(eager, losses_eager, comp, losses_comp, rel=1e-5, abs_=1e-6)
     assert counters["stats"]["unique_graphs"] >= 3  # image encoder, text encoder, losses
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert list(eager.model.state_dict()) == list(comp.model.state_dict())  # checkpoints keep plain names

@@ -64,7 +64,6 @@ class CacheView:
         self.sources = np.asarray(sources, dtype=np.int64)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.shape = (len(self.rows), *self.arrays[0].shape[1:])
-        self.dtype = np.dtype(np.uint8)
         self.nbytes = int(np.prod(self.shape))
 
     def __len__(self) -> int:
@@ -72,8 +71,9 @@ class CacheView:
 
     def take(self, index: np.ndarray, out: np.ndarray) -> None:
         """``out[k] = self[index[k]]``, reading each cache's rows in ``index`` order."""
+        sources = self.sources[index]
         for a, array in enumerate(self.arrays):
-            picked = np.flatnonzero(self.sources[index] == a)
+            picked = np.flatnonzero(sources == a)
             if len(picked):
                 out[picked] = array[self.rows[index[picked]]]
 
