@@ -187,6 +187,38 @@ def test_crop_geometry_matches_pil_and_the_flip_mirrors():
     assert np.array_equal(crop(7, 5, 17, 13, True), crop(7, 5, 17, 13, False)[:, ::-1])
 
 
+def test_compiled_training_augmentation_equals_eager_without_graph_breaks(monkeypatch):
+    """With MODEL.COMPILE the training augmentation's pixel work is one compiled graph. Its random draws
+    stay eager, so it takes the same numbers from the generator and gives the eager batch."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    # On a GPU the real compiler (Triton kernels); on a CPU aot_eager traces the same graph in seconds
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    real_compile = torch.compile
+    backend = "inductor" if device == "cuda" else "aot_eager"
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=backend, **kw))
+    torch._dynamo.reset()
+    counters.clear()
+    opts = ["INPUT.TRANSFORMS", "['random_resized_crop','random_flip','randomgrayscale','gaussian_noise','normalize']"]
+    eager = DeviceAugment.from_cfg(_cfg(*opts), train=True)
+    comp = DeviceAugment.from_cfg(_cfg(*opts, "MODEL.COMPILE", "True"), train=True)
+    assert hasattr(comp.apply, "_torchdynamo_orig_callable") and not hasattr(eager.apply, "_torchdynamo_orig_callable")
+    assert not hasattr(DeviceAugment.from_cfg(_cfg(*opts, "MODEL.COMPILE", "True"), train=False).apply,
+                       "_torchdynamo_orig_callable")  # the test transform stays eager
+    colour = torch.randint(0, 256, (64, 40, 40, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0)).to(device)
+    gen_eager, gen_comp = torch.Generator(device).manual_seed(4), torch.Generator(device).manual_seed(4)
+    for _ in range(2):  # the second batch: the generators moved on by the same draws
+        expected, got = eager(colour, gen_eager), comp(colour, gen_comp)
+        assert got.shape == expected.shape == (64, 3, 32, 32)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
+    assert torch.equal(gen_eager.get_state(), gen_comp.get_state())
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    torch._dynamo.reset()
+
+
 def test_generator_state_replays_the_same_batch(tmp_path):
     items = _write_images(tmp_path)
     images = open_decoded_cache(items, str(tmp_path / "cache"), "toy", "train_x", 32, progress=False)

@@ -193,9 +193,10 @@ def test_patch_embed_matmul_trains_like_the_convolution(synthetic_root, tmp_path
 @pytest.mark.parametrize("patch_embed_matmul", ["False", "True"])
 def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_path, monkeypatch, full_fp32,
                                                          patch_embed_matmul):
-    """MODEL.COMPILE compiles the image encoder, the text encoder and the losses. One step gives the
-    eager step's losses and gradients, and nothing in them breaks the graph (a break falls back to one
-    launch per operation, the host overhead that compiling removes)."""
+    """MODEL.COMPILE compiles the image encoder, the text encoder, the losses and (on the decoded-image
+    cache) the training augmentation. One step gives the eager step's losses and gradients, and nothing in
+    them breaks the graph (a break falls back to one launch per operation, the host overhead that
+    compiling removes)."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -205,16 +206,17 @@ def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_pat
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", **kw))
     torch._dynamo.reset()
     counters.clear()
-    opts = ["TRAIN.PRECISION", "fp32", "MODEL.PATCH_EMBED_MATMUL", patch_embed_matmul]
+    opts = ["TRAIN.PRECISION", "fp32", "MODEL.PATCH_EMBED_MATMUL", patch_embed_matmul,
+            "DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", str(tmp_path / "cache")]
     eager = _trainer(synthetic_root, str(tmp_path / "eager"), *opts)
     comp = _trainer(synthetic_root, str(tmp_path / "compiled"), *opts, "MODEL.COMPILE", "True")
-    for part in (comp.encoder, comp.text_encoder, comp.step_losses):
+    for part in (comp.encoder, comp.text_encoder, comp.step_losses, comp.train_loader_x.augment.apply):
         assert hasattr(part, "_torchdynamo_orig_callable") or hasattr(part, "_orig_mod"), part
     losses_eager, losses_comp = _one_step(eager), _one_step(comp)
     assert set(losses_eager) == set(losses_comp)
     assert all(p.grad is not None for p in eager.model.parameters())
     _assert_same_step(eager, losses_eager, comp, losses_comp, rel=1e-5, abs_=1e-6)
-    assert counters["stats"]["unique_graphs"] >= 3  # image encoder, text encoder, losses
+    assert counters["stats"]["unique_graphs"] >= 4  # image encoder, text encoder, losses, augmentation
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert list(eager.model.state_dict()) == list(comp.model.state_dict())  # checkpoints keep plain names
     torch._dynamo.reset()

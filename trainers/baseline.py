@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, compiled, encode_images
+from engine.modeling.clip_backbone import build_clip_for, encode_images
 from engine.modeling.clip_text import encode_sentences
 from engine.modeling.mmd import multi_source_mmd_by_domain
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
+from engine.utils.tools import compiled
 from trainers.text_head import FixedTextHead
 
 

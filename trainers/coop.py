@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, compiled, encode_images
+from engine.modeling.clip_backbone import build_clip_for, encode_images
 from engine.modeling.clip_text import PromptLearner, TextEncoder
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerX
+from engine.utils.tools import compiled
 
 
 @register_config_hook

@@ -26,11 +26,12 @@ from yacs.config import CfgNode as CN
 
 from datasets.classes import canonical_name
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, compiled, encode_images
+from engine.modeling.clip_backbone import build_clip_for, encode_images
 from engine.modeling.clip_text import PromptLearner, TextEncoder, encode_sentences
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
 from engine.utils.errors import UserError
+from engine.utils.tools import compiled
 from trainers import promptemo_losses as L
 
 logger = logging.getLogger(__name__)

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, compiled
+from engine.modeling.clip_backbone import build_clip_for
 from engine.modeling.clip_text import encode_sentences
 from engine.trainer import TRAINER_REGISTRY, TrainerX
+from engine.utils.tools import compiled
 from trainers.text_head import FixedTextHead
 
 logger = logging.getLogger(__name__)

@@ -131,8 +131,8 @@ _C.MODEL.BACKBONE.NAME = "ViT-B/32"
 _C.MODEL.BACKBONE.PRETRAINED = True
 # Where OpenAI names are downloaded to and looked up ("" = ~/.cache/clip, as clip.load does)
 _C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
-# torch.compile the image and text encoders and PromptEmo's losses (faster steps on GPUs after a one-off
-# compilation; see engine/modeling/clip_backbone.compiled)
+# torch.compile the image and text encoders, PromptEmo's losses and the training augmentation of the
+# decoded-image cache (faster steps on GPUs after a one-off compilation; see engine/utils/tools.compiled)
 _C.MODEL.COMPILE = False
 # Compute a ViT's patch embedding as one matrix product instead of a convolution (same weights and result;
 # see engine/modeling/clip_backbone.py). Off until measured faster on a GPU.

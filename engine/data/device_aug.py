@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.data.transforms import AVAILABLE_TRANSFORMS, INTERPOLATION_MODES
+from engine.utils.tools import compiled
 from engine.utils.errors import UserError
 
 SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "randomgrayscale",
@@ -84,12 +85,28 @@ def sample_resized_crop_params(batch: int, height: int, width: int, scale: tuple
     All ten attempts are drawn for every image and the first valid one is kept, which gives the same
     distribution as torchvision's loop that stops at the first valid attempt.
     """
-    area = float(height * width)
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    draws = draw_resized_crop_uniforms(batch, generator, device)
+    return resized_crop_params(*draws, height=height, width=width, scale=scale, ratio=ratio)
+
+
+def draw_resized_crop_uniforms(batch: int, generator: torch.Generator | None = None,
+                               device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    """The uniform draws behind :func:`resized_crop_params`: ``(u_area, u_ratio)`` ``(batch, 10)``
+    (one per attempt), then ``(u_top, u_left)`` ``(batch,)``, in that order from ``generator``."""
     u_area = torch.rand(batch, RRC_ATTEMPTS, generator=generator, device=device)
     u_ratio = torch.rand(batch, RRC_ATTEMPTS, generator=generator, device=device)
     u_top = torch.rand(batch, generator=generator, device=device)
     u_left = torch.rand(batch, generator=generator, device=device)
+    return u_area, u_ratio, u_top, u_left
+
+
+def resized_crop_params(u_area: torch.Tensor, u_ratio: torch.Tensor, u_top: torch.Tensor, u_left: torch.Tensor, *,
+                        height: int, width: int, scale: tuple[float, float],
+                        ratio: tuple[float, float] = RRC_RATIO) -> tuple[torch.Tensor, ...]:
+    """``(top, left, h, w)`` of :func:`sample_resized_crop_params` from its uniform draws (a pure
+    function of them, so that it can be compiled; the draws stay outside, see :class:`DeviceAugment`)."""
+    area = float(height * width)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     # float64: torchvision computes these in Python floats, and rounding to whole pixels is sensitive
     target = area * (scale[0] + (scale[1] - scale[0]) * u_area.double())
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u_ratio.double())
@@ -176,6 +193,13 @@ class DeviceAugment:
 
     Calling it returns a float32 ``(B, 3, h, w)`` batch on the input's device; ``generator`` (on that
     device) supplies every random draw, so saving and restoring its state replays the same batch.
+
+    A call is two steps: :meth:`draw` takes every random number the batch needs from the generator
+    (a handful of launches), and :meth:`apply`, a pure function of the batch and those draws, does the
+    pixel work. ``from_cfg`` compiles ``apply`` of the training transform with ``MODEL.COMPILE``: run
+    eagerly it is about 90 small operations per batch, each a separate launch from the host. The draws
+    stay eager because compiled code draws its own random numbers (it cannot take a ``torch.Generator``),
+    which would break replaying a batch from the generator's state.
     """
 
     def __init__(self, out_size: tuple[int, int], train: bool, *, random_resized_crop: bool = False,
@@ -205,7 +229,7 @@ class DeviceAugment:
         choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
         check_transforms(choices)
         normalize = "normalize" in choices
-        return cls(
+        augment = cls(
             tuple(cfg.INPUT.SIZE), train,
             random_resized_crop=train and "random_resized_crop" in choices,
             scale=tuple(cfg.INPUT.RRCROP_SCALE),
@@ -216,31 +240,60 @@ class DeviceAugment:
             std=cfg.INPUT.PIXEL_STD if normalize else None,
             interpolation=cfg.INPUT.INTERPOLATION,
         )
+        if train:  # every step runs it; the test transform runs once per evaluation batch and stays eager
+            augment.apply = compiled(augment.apply, cfg, dynamic=False)
+        return augment
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected a uint8 (B, H, W, 3) batch, got {tuple(images.shape)} {images.dtype}")
-        x = images.permute(0, 3, 1, 2).float()  # (B, 3, H, W) in [0, 255]
-        x = self._geometry_train(x, generator) if self.train else self._geometry_test(x)
-        x = x / 255.0
+        return self.apply(images, self.draw(images, generator))
+
+    def draw(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Every random number :meth:`apply` needs for ``images``, always in the same order from
+        ``generator``, and the constants it uses, all on the batch's device."""
+        batch, device = images.shape[0], images.device
+        params: dict[str, torch.Tensor] = {}
+        if self.train and self.flip:
+            params["flip_u"] = torch.rand(batch, generator=generator, device=device)
+        if self.train and self.random_resized_crop:
+            names = ("u_area", "u_ratio", "u_top", "u_left")
+            params.update(zip(names, draw_resized_crop_uniforms(batch, generator, device)))
         if self.train and self.grayscale_p > 0:
-            x = self._random_grayscale(x, generator)
-        if self.train and self.noise is not None:
-            mean, std = self.noise
-            noise = torch.randn(x.shape, generator=generator, device=x.device)
-            x = (x + noise * std + mean).clamp_(0, 1)
+            params["gray_u"] = torch.rand(batch, generator=generator, device=device)
+            params["luma"] = self._constant(LUMA_WEIGHTS, device)
+        if self.train and self.noise is not None:  # a training batch leaves the geometry at out_size
+            params["noise"] = torch.randn((batch, 3, *self.out_size), generator=generator, device=device)
         if self.mean is not None:
-            x = self._normalize(x)
+            params["pixel_mean"] = self._constant(self.mean, device)
+            params["pixel_std"] = self._constant(self.std, device)
+        return params
+
+    def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The transform of ``images`` given :meth:`draw`'s ``params`` (no random draws of its own)."""
+        x = images.permute(0, 3, 1, 2).float()  # (B, 3, H, W) in [0, 255]
+        x = self._geometry_train(x, params) if self.train else self._geometry_test(x)
+        x = x / 255.0
+        if "gray_u" in params:
+            gray = (x * params["luma"]).sum(dim=1, keepdim=True).expand_as(x)
+            chosen = params["gray_u"] < self.grayscale_p
+            x = torch.where(chosen[:, None, None, None], gray, x)
+        if "noise" in params:
+            mean, std = self.noise
+            x = (x + params["noise"] * std + mean).clamp(0, 1)
+        if "pixel_mean" in params:
+            x = (x - params["pixel_mean"]) / params["pixel_std"]
         return x.contiguous()
 
-    def _geometry_train(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _geometry_train(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         batch, _, in_h, in_w = x.shape
-        if self.flip:
-            flip = torch.rand(batch, generator=generator, device=x.device) < 0.5
+        if "flip_u" in params:
+            flip = params["flip_u"] < 0.5
         else:
             flip = torch.zeros(batch, dtype=torch.bool, device=x.device)
         if self.random_resized_crop:
-            top, left, h, w = sample_resized_crop_params(batch, in_h, in_w, self.scale, RRC_RATIO, generator, x.device)
+            top, left, h, w = resized_crop_params(params["u_area"], params["u_ratio"], params["u_top"],
+                                                  params["u_left"], height=in_h, width=in_w, scale=self.scale)
             return crop_resize_flip(x, top, left, h, w, flip, self.out_size)
         # Resize(INPUT.SIZE) of the whole image, as the PIL path does without random_resized_crop
         if (in_h, in_w) != self.out_size:
@@ -251,21 +304,12 @@ class DeviceAugment:
         x = resize_short_side(x, max(self.out_size), self.interpolation)
         return center_crop(x, self.out_size)
 
-    def _constant(self, values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-        """``values`` as a ``(1, C, 1, 1)`` tensor on ``like``'s device, made once per device."""
-        key = (values, like.device, like.dtype)
+    def _constant(self, values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+        """``values`` as a float32 ``(1, C, 1, 1)`` tensor on ``device``, made once per device."""
+        key = (values, device)
         if key not in self._constants:
-            self._constants[key] = torch.tensor(values, dtype=like.dtype).view(1, -1, 1, 1).to(like.device)
+            self._constants[key] = torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)
         return self._constants[key]
-
-    def _random_grayscale(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        weights = self._constant(LUMA_WEIGHTS, x)
-        gray = (x * weights).sum(dim=1, keepdim=True).expand_as(x)
-        chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < self.grayscale_p
-        return torch.where(chosen[:, None, None, None], gray, x)
-
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self._constant(self.mean, x)) / self._constant(self.std, x)
 
     def __repr__(self) -> str:
         parts = [f"out_size={self.out_size}", f"train={self.train}"]

@@ -184,14 +184,6 @@ def encode_images(image_encoder, images: torch.Tensor, bf16: bool = False) -> to
     return torch.nn.functional.normalize(features.float(), dim=-1)
 
 
-def compiled(fn, cfg):
-    """``torch.compile(fn)`` (a module or a function) when ``MODEL.COMPILE`` is on, else ``fn``. Trainers
-    call the result but register and save the module itself, so checkpoints keep their plain parameter
-    names. Compiling saves GPU time (fused kernels) and host time: in eager mode every small operation
-    is a separate launch, and on a fast GPU the host's launches, not the kernels, can set the pace."""
-    return torch.compile(fn) if cfg.MODEL.COMPILE else fn
-
-
 class PatchEmbedMatmul(nn.Conv2d):
     """A non-overlapping patch convolution (kernel = stride, no padding, no bias) computed as one matrix
     product: each ``p x p`` patch, flattened in the (channel, row, column) order of the kernel, times the
