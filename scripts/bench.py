@@ -19,7 +19,8 @@ computed as one matrix product (``MODEL.PATCH_EMBED_MATMUL``) instead of cuDNN's
 Images/s counts every image through the encoder (source + target). ``--repeats`` rounds measure the
 pipelines in turn; the table gives each one's median and range (a difference between pipelines within
 the range is noise). ``--profile`` adds, per fast pipeline, its costliest GPU kernels and the share of
-the step the GPU is busy (below 100%: the host's launches set the pace). The last line is exactly
+the step the GPU is busy (below 100%: the host's launches set the pace), and the GPU time and launches
+per step by kind of kernel (matrix products, attention, compiled Triton kernels, eager kernels...). The last line is exactly
 ``speedup <fast / dassl>``. ``--backbone ViT-B/32`` uses the released architecture with random weights
 (``random:ViT-B/32``): throughput does not depend on the weights.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -124,9 +126,44 @@ def measure(trainer, warmup: int, steps: int) -> tuple[float, float]:
     return images / elapsed, 1000 * elapsed / steps
 
 
+# GPU kernels by what they do, first match wins (kernel names as CUDA libraries and Triton give them)
+KERNEL_KINDS = [
+    ("attention", re.compile(r"flash|fmha|attention", re.I)),
+    ("convolution (cuDNN)", re.compile(r"cudnn|conv|fprop|dgrad|wgrad|implicit_gemm", re.I)),
+    ("matrix products", re.compile(r"gemm|nvjet|cutlass|xmma|cublas", re.I)),
+    ("optimiser", re.compile(r"adam|multi_tensor", re.I)),
+    ("compiled (Triton)", re.compile(r"^triton_")),
+    ("memory copies", re.compile(r"^mem(cpy|set)", re.I)),
+]
+
+
+def kernel_kind(name: str) -> str:
+    """The :data:`KERNEL_KINDS` group of a GPU kernel's name, else ``other ATen kernels`` (PyTorch's own
+    elementwise, reduction, indexing... kernels, launched eagerly or by a compiled graph as a fallback)."""
+    return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "other ATen kernels")
+
+
+def kernel_summary(events, steps: int) -> tuple[list[list[str]], float]:
+    """Rows ``[kind, ms per step, share, kernels per step]`` of profiler ``key_averages()`` events
+    (costliest kind first), and the GPU kernel time per step in ms. The kernel count per step is what
+    the host launches; the time is the GPU's."""
+    time_us: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for e in events:
+        us = getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))
+        kind = kernel_kind(e.key)
+        time_us[kind] = time_us.get(kind, 0.0) + us
+        count[kind] = count.get(kind, 0) + e.count
+    total = sum(time_us.values())
+    rows = [[kind, f"{us / 1000 / steps:.2f}", f"{100 * us / max(total, 1e-9):.0f}%", f"{count[kind] / steps:.0f}"]
+            for kind, us in sorted(time_us.items(), key=lambda kv: -kv[1])]
+    return rows, total / 1000 / steps
+
+
 def profile(trainer, steps: int = 3) -> float:
-    """Print the ten GPU kernels that take the most time over a few fast-path steps; return the GPU
-    kernel time per step in ms (all kernels, one stream after another)."""
+    """Print the ten GPU kernels that take the most time over a few fast-path steps and the GPU time
+    per step by kind of kernel; return the GPU kernel time per step in ms (all kernels, one stream after
+    another)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -134,8 +171,9 @@ def profile(trainer, steps: int = 3) -> float:
         measure(trainer, 0, steps)
     averages = prof.key_averages()
     print(averages.table(sort_by="cuda_time_total", row_limit=10, max_name_column_width=60))
-    total_us = sum(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0)) for e in averages)
-    return total_us / 1000 / steps
+    rows, gpu_ms = kernel_summary(averages, steps)
+    print(tabulate(rows, headers=["kernels", "GPU ms/step", "share", "launches/step"], tablefmt="github"))
+    return gpu_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", default="ViT-B/32" if cuda else "tiny", help="tiny, ViT-B/32 or ViT-B/16")
     p.add_argument("--batch", type=int, default=256 if cuda else 48, help="source batch (the target batch is equal)")
     p.add_argument("--steps", type=int, default=30 if cuda else 8, help="timed steps per pipeline")
+    p.add_argument("--dassl-steps", type=int, default=None,
+                   help="timed steps of the dassl pipeline (default --steps; it is the slow one, ~1 s a step on GPUs)")
     p.add_argument("--warmup", type=int, default=10 if cuda else 2, help="untimed steps first (compilation...)")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="DataLoader workers (dassl)")
     p.add_argument("--image-size", type=int, default=256 if cuda else 64, help="JPEG size on disk")
@@ -173,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     step_ms: dict[str, list[float]] = {name: [] for name in trainers_by_name}
     for round_no in range(1, args.repeats + 1):
         for name, trainer in trainers_by_name.items():
-            ips, ms = measure(trainer, args.warmup, args.steps)
+            steps = args.dassl_steps if name == "dassl" and args.dassl_steps else args.steps
+            ips, ms = measure(trainer, args.warmup, steps)
             rates[name].append(ips)
             step_ms[name].append(ms)
         if args.repeats > 1:  # as it comes, so that a run cut short by a time limit still reports something

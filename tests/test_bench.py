@@ -50,3 +50,26 @@ def test_host_ops_counts_every_part_of_the_step(tmp_path, capsys):
     # the parts, counted one by one, are what the whole step dispatches (give or take its glue)
     inside = sum(rows[p][2] for p in parts[1:])
     assert inside <= rows["whole step (without data)"][2] <= inside + 50
+
+
+def test_profile_summary_groups_kernels_by_kind_per_step():
+    from types import SimpleNamespace as Event
+
+    events = [Event(key="nvjet_tst_128x256_h_bz_coopA_NNT", self_device_time_total=6000.0, count=30),
+              Event(key="void pytorch_flash::flash_bwd_kernel<...>", self_device_time_total=1500.0, count=6),
+              Event(key="triton_per_fused_native_layer_norm_0", self_device_time_total=900.0, count=60),
+              Event(key="triton_poi_fused_add_1", self_device_time_total=300.0, count=90),
+              Event(key="void at::native::vectorized_elementwise_kernel<4, ...>", self_device_time_total=300.0,
+                    count=150),
+              Event(key="Memcpy DtoD (Device -> Device)", self_device_time_total=0.0, count=3)]
+    rows, gpu_ms = bench.kernel_summary(events, steps=3)
+    assert gpu_ms == 3.0  # 9000 us over 3 steps
+    by_kind = {row[0]: row[1:] for row in rows}
+    assert by_kind["matrix products"] == ["2.00", "67%", "10"]
+    assert by_kind["attention"] == ["0.50", "17%", "2"]
+    assert by_kind["compiled (Triton)"] == ["0.40", "13%", "50"]
+    assert by_kind["other ATen kernels"] == ["0.10", "3%", "50"]
+    assert by_kind["memory copies"] == ["0.00", "0%", "1"]
+    assert [row[0] for row in rows][:2] == ["matrix products", "attention"]  # costliest first
+    assert bench.kernel_kind("sm90_xmma_wgrad_implicit_gemm_indexed_wo_smem_f32") == "convolution (cuDNN)"
+    assert bench.kernel_kind("void multi_tensor_apply_kernel<...FusedAdamMathFunctor...>") == "optimiser"
