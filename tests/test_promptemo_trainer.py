@@ -218,5 +218,11 @@ def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_pat
     _assert_same_step(eager, losses_eager, comp, losses_comp, rel=1e-5, abs_=1e-6)
     assert counters["stats"]["unique_graphs"] >= 4  # image encoder, text encoder, losses, augmentation
     assert not counters["graph_break"], dict(counters["graph_break"])
+    # Later steps reuse the graphs: a guard that failed every step would recompile each time, then fall
+    # back to eager mode after torch's recompilation limit
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        batches_x, batches_u = iter(comp.train_loader_x), iter(comp.train_loader_u)
+        for _ in range(2):
+            comp.forward_backward(next(batches_x), next(batches_u))
     assert list(eager.model.state_dict()) == list(comp.model.state_dict())  # checkpoints keep plain names
     torch._dynamo.reset()
