@@ -7,9 +7,10 @@ mode, counted by part.
 On a fast GPU every eagerly dispatched operation is a kernel launch that costs the host several
 microseconds, whatever the size of its tensors; when a step's launches take longer than its kernels, the
 GPU waits for the host (``bench.py --profile`` prints how busy the GPU is). ``MODEL.COMPILE`` turns the
-encoders, PromptEmo's losses and the augmentation's pixel work into compiled graphs; this script shows how much eager work each part
-would otherwise be. It runs the fast path's trainer (decoded-image cache, device augmentation) without
-compiling: the counter cannot see inside compiled graphs. The counts do not depend on the batch size.
+encoders, PromptEmo's losses and the augmentation's pixel work into compiled graphs; this script shows
+how much eager work each part would otherwise be. It runs the fast path's trainer (decoded-image cache,
+device augmentation) without compiling: the counter cannot see inside compiled graphs. The counts do not
+depend on the batch size.
 """
 from __future__ import annotations
 

@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.data.transforms import AVAILABLE_TRANSFORMS, INTERPOLATION_MODES
-from engine.utils.tools import compiled
 from engine.utils.errors import UserError
+from engine.utils.tools import compiled
 
 SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "randomgrayscale",
                         "gaussian_noise", "normalize")
@@ -197,7 +197,7 @@ class DeviceAugment:
     A call is two steps: :meth:`draw` takes every random number the batch needs from the generator
     (a handful of launches), and :meth:`apply`, a pure function of the batch and those draws, does the
     pixel work. ``from_cfg`` compiles ``apply`` of the training transform with ``MODEL.COMPILE``: run
-    eagerly it is about 90 small operations per batch, each a separate launch from the host. The draws
+    eagerly it is about 80 small operations per batch, each a separate launch from the host. The draws
     stay eager because compiled code draws its own random numbers (it cannot take a ``torch.Generator``),
     which would break replaying a batch from the generator's state.
     """
@@ -241,6 +241,7 @@ class DeviceAugment:
             interpolation=cfg.INPUT.INTERPOLATION,
         )
         if train:  # every step runs it; the test transform runs once per evaluation batch and stays eager
+            # static shapes: a smaller last batch gets a graph of its own rather than a dynamic-shape one
             augment.apply = compiled(augment.apply, cfg, dynamic=False)
         return augment
 
