@@ -21,8 +21,8 @@ pipelines in turn; the table gives each one's median and range (a difference bet
 the range is noise). ``--profile`` adds, per fast pipeline, its costliest GPU kernels and the share of
 the step the GPU is busy (below 100%: the host's launches set the pace), and the GPU time and launches
 per step by kind of kernel (matrix products, attention, Triton kernels of compiled graphs, other ATen
-kernels...). The last line is exactly ``speedup <fast / dassl>``. ``--backbone ViT-B/32`` uses the released architecture with random weights
-(``random:ViT-B/32``): throughput does not depend on the weights.
+kernels...). The last line is exactly ``speedup <fast / dassl>``. ``--backbone ViT-B/32`` uses the
+released architecture with random weights (``random:ViT-B/32``): throughput does not depend on the weights.
 """
 from __future__ import annotations
 
