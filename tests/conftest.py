@@ -40,6 +40,28 @@ def tiny_clip_file(tmp_path_factory) -> str:
     return save_tiny_clip(str(tmp_path_factory.mktemp("clip") / "tiny-clip.pt"), seed=0)
 
 
+@pytest.fixture
+def compile_with(monkeypatch):
+    """``compile_with(backend)`` makes every ``torch.compile`` in the code under test use ``backend`` and
+    returns dynamo's counters, cleared (graphs, breaks); dynamo's caches are reset before and after.
+    ``aot_eager`` traces exactly as inductor does (graphs, breaks, autograd) without generating kernels,
+    which would take a minute per model on a CPU."""
+    import torch
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    real_compile = torch.compile
+
+    def use(backend: str):
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=backend, **kw))
+        torch._dynamo.reset()
+        counters.clear()
+        return counters
+
+    yield use
+    torch._dynamo.reset()
+
+
 def make_cfg(root: str, output_dir: str, *opts: str, trainer: str = "ZSCLIP", unseen: str = "fear"):
     """A frozen MOFER config on the synthetic test domains with the tiny backbone."""
     cfg = get_cfg_default()

@@ -187,19 +187,12 @@ def test_crop_geometry_matches_pil_and_the_flip_mirrors():
     assert np.array_equal(crop(7, 5, 17, 13, True), crop(7, 5, 17, 13, False)[:, ::-1])
 
 
-def test_compiled_training_augmentation_equals_eager_without_graph_breaks(monkeypatch):
+def test_compiled_training_augmentation_equals_eager_without_graph_breaks(compile_with):
     """With MODEL.COMPILE the training augmentation's pixel work is one compiled graph. Its random draws
     stay eager, so it takes the same numbers from the generator and gives the eager batch."""
-    import torch._dynamo
-    from torch._dynamo.utils import counters
-
     # On a GPU the real compiler (Triton kernels); on a CPU aot_eager traces the same graph in seconds
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    real_compile = torch.compile
-    backend = "inductor" if device == "cuda" else "aot_eager"
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=backend, **kw))
-    torch._dynamo.reset()
-    counters.clear()
+    counters = compile_with("inductor" if device == "cuda" else "aot_eager")
     opts = ["INPUT.TRANSFORMS", "['random_resized_crop','random_flip','randomgrayscale','gaussian_noise','normalize']"]
     eager = DeviceAugment.from_cfg(_cfg(*opts), train=True)
     comp = DeviceAugment.from_cfg(_cfg(*opts, "MODEL.COMPILE", "True"), train=True)
@@ -216,7 +209,6 @@ def test_compiled_training_augmentation_equals_eager_without_graph_breaks(monkey
     assert torch.equal(gen_eager.get_state(), gen_comp.get_state())
     assert counters["stats"]["unique_graphs"] == 1
     assert not counters["graph_break"], dict(counters["graph_break"])
-    torch._dynamo.reset()
 
 
 def test_generator_state_replays_the_same_batch(tmp_path):

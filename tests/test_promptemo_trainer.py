@@ -191,21 +191,15 @@ def test_patch_embed_matmul_trains_like_the_convolution(synthetic_root, tmp_path
 
 
 @pytest.mark.parametrize("patch_embed_matmul", ["False", "True"])
-def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_path, monkeypatch, full_fp32,
+def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_path, compile_with, full_fp32,
                                                          patch_embed_matmul):
     """MODEL.COMPILE compiles the image encoder, the text encoder, the losses and (on the decoded-image
     cache) the training augmentation. One step gives the eager step's losses and gradients, and nothing in
     them breaks the graph (a break falls back to one launch per operation, the host overhead that
     compiling removes)."""
     import torch._dynamo
-    from torch._dynamo.utils import counters
 
-    # aot_eager traces exactly as inductor does (graphs, breaks, autograd) without generating kernels,
-    # which would take a minute on a CPU
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", **kw))
-    torch._dynamo.reset()
-    counters.clear()
+    counters = compile_with("aot_eager")
     opts = ["TRAIN.PRECISION", "fp32", "MODEL.PATCH_EMBED_MATMUL", patch_embed_matmul,
             "DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", str(tmp_path / "cache")]
     eager = _trainer(synthetic_root, str(tmp_path / "eager"), *opts)
@@ -225,4 +219,3 @@ def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_pat
         for _ in range(2):
             comp.forward_backward(next(batches_x), next(batches_u))
     assert list(eager.model.state_dict()) == list(comp.model.state_dict())  # checkpoints keep plain names
-    torch._dynamo.reset()
