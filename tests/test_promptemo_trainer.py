@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 
 import pytest
@@ -219,3 +220,68 @@ def test_compiled_step_equals_eager_without_graph_breaks(synthetic_root, tmp_pat
         for _ in range(2):
             comp.forward_backward(next(batches_x), next(batches_u))
     assert list(eager.model.state_dict()) == list(comp.model.state_dict())  # checkpoints keep plain names
+
+
+@pytest.mark.parametrize("mode, augmentation_mode", [("reduce-overhead", None),
+                                                     ("max-autotune", "max-autotune-no-cudagraphs"),
+                                                     ("default", None)])
+def test_compile_mode_reaches_every_compiled_part_but_the_augmentation_skips_cuda_graphs(
+        synthetic_root, tmp_path, monkeypatch, mode, augmentation_mode):
+    """MODEL.COMPILE_MODE goes to torch.compile for the encoders and the losses. The augmentation runs
+    twice per step (source, then target batch): a CUDA-graph replay of it would overwrite the source
+    batch, so it gets the same mode without CUDA graphs ("default" is passed as no mode at all)."""
+    modes = {}
+
+    def record(fn, **options):
+        modes[getattr(fn, "__name__", type(fn).__name__)] = options.get("mode")
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    _trainer(synthetic_root, str(tmp_path), "MODEL.COMPILE", "True", "MODEL.COMPILE_MODE", mode,
+             "DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", str(tmp_path / "cache"))
+    expected = None if mode == "default" else mode
+    assert modes == {"VisionTransformer": expected, "TextEncoder": expected, "step_losses": expected,
+                     "apply": augmentation_mode}
+
+
+def test_training_loop_marks_each_step_only_under_cuda_graphs(synthetic_root, tmp_path, monkeypatch):
+    """Under CUDA graphs each step must be announced (torch.compiler.cudagraph_mark_step_begin) so that
+    it may reuse the last step's output memory; otherwise nothing is called."""
+    calls = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append(1))
+    t = _trainer(synthetic_root, str(tmp_path / "plain"), "OPTIM.MAX_EPOCH", "1")
+    assert not t.cuda_graph_steps  # no GPU, or no CUDA-graph mode
+    t.train()
+    assert calls == []
+    t = _trainer(synthetic_root, str(tmp_path / "graphs"), "OPTIM.MAX_EPOCH", "1")
+    t.cuda_graph_steps = True  # as on a GPU with MODEL.COMPILE_MODE reduce-overhead
+    t.train()
+    assert len(calls) == len(t.train_loader_x) > 0  # TRAIN.COUNT_ITER train_x: one mark per step
+
+
+def test_a_misspelt_compile_mode_is_a_user_error(synthetic_root, tmp_path):
+    with pytest.raises(UserError, match="MODEL.COMPILE_MODE must be one of default, .*reduce-overhead.*"
+                                        "got 'reduce_overhead'"):
+        _trainer(synthetic_root, str(tmp_path), "MODEL.COMPILE", "True", "MODEL.COMPILE_MODE", "reduce_overhead")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_steps_train_and_evaluate_like_eager_steps(synthetic_root, tmp_path, compile_with, full_fp32):
+    """The real compiler with MODEL.COMPILE_MODE reduce-overhead: the first step equals the eager one, and
+    a whole run (the loop's logging of every step's losses, evaluation) never reads an output that a
+    later replay overwrote (torch raises on that)."""
+    compile_with("inductor")
+    opts = ["TRAIN.PRECISION", "fp32", "DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR",
+            str(tmp_path / "cache"), "DATALOADER.CACHE.ON_DEVICE", "True", "OPTIM.MAX_EPOCH", "1"]
+    eager = _trainer(synthetic_root, str(tmp_path / "eager"), *opts)
+    graphs = _trainer(synthetic_root, str(tmp_path / "graphs"), *opts, "MODEL.COMPILE", "True",
+                      "MODEL.COMPILE_MODE", "reduce-overhead")
+    assert graphs.cuda_graph_steps and not eager.cuda_graph_steps
+    graphs.begin_step()
+    _assert_same_step(eager, _one_step(eager), graphs, _one_step(graphs), rel=1e-4, abs_=1e-5)
+    graphs.train()
+    results = json.load(open(tmp_path / "graphs" / "results.json"))
+    assert 0 <= results["metrics"]["auc_u"] <= 100 and 0 <= results["metrics"]["acc_s"] <= 100
+    logged = [json.loads(line) for line in open(tmp_path / "graphs" / "metrics.jsonl")]
+    losses = [r["train/loss_ps"] for r in logged if "train/loss_ps" in r]
+    assert len(losses) >= 2 and all(math.isfinite(v) for v in losses) and len(set(losses)) > 1

@@ -1,10 +1,11 @@
 """Default configuration, with Dassl's key names wherever Dassl has the concept.
 
 Keys this project adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATASET.SYNTHETIC.*``,
-``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.COMPILE``, ``MODEL.PATCH_EMBED_MATMUL``,
-``OPTIM.FUSED``, ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``; readers and
-the decoded-image cache add theirs through config hooks. Method keys (``TRAINER.<METHOD>.*``) are added by
-each trainer's config hook (see :func:`engine.config.extend_cfg`).
+``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.COMPILE``,
+``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``OPTIM.FUSED``, ``TRAIN.PRECISION``,
+``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``;
+readers and the decoded-image cache add theirs through config hooks. Method keys (``TRAINER.<METHOD>.*``) are
+added by each trainer's config hook (see :func:`engine.config.extend_cfg`).
 
 Defaults that differ from Dassl, and why:
 - ``INPUT.PIXEL_MEAN/STD`` default to CLIP's statistics because every trainer here is CLIP-based.
@@ -134,6 +135,10 @@ _C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
 # torch.compile the image and text encoders, PromptEmo's losses and the training augmentation of the
 # decoded-image cache (faster steps on GPUs after a one-off compilation; see engine/utils/tools.compiled)
 _C.MODEL.COMPILE = False
+# torch.compile's mode: default, max-autotune-no-cudagraphs, or (GPUs) reduce-overhead / max-autotune,
+# which also replay the encoders and the losses as CUDA graphs: a whole graph in one launch, for steps
+# whose pace is set by the host's kernel launches. Not measured on a GPU yet; see engine/utils/tools.compiled.
+_C.MODEL.COMPILE_MODE = "default"
 # Compute a ViT's patch embedding as one matrix product instead of a convolution (same weights and result;
 # see engine/modeling/clip_backbone.py). Off until measured faster on a GPU.
 _C.MODEL.PATCH_EMBED_MATMUL = False

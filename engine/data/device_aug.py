@@ -241,8 +241,9 @@ class DeviceAugment:
             interpolation=cfg.INPUT.INTERPOLATION,
         )
         if train:  # every step runs it; the test transform runs once per evaluation batch and stays eager
-            # static shapes: a smaller last batch gets a graph of its own rather than a dynamic-shape one
-            augment.apply = compiled(augment.apply, cfg, dynamic=False)
+            # static shapes: a smaller last batch gets a graph of its own rather than a dynamic-shape one;
+            # no CUDA graphs: the target batch's replay would overwrite the source batch before the step uses it
+            augment.apply = compiled(augment.apply, cfg, cuda_graphs=False, dynamic=False)
         return augment
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

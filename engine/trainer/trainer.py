@@ -47,7 +47,7 @@ from engine.utils.checkpoint import (capture_rng_state, checkpoint_candidates, c
                                      step_checkpoint_name)
 from engine.utils.errors import NonFiniteLossError, UserError
 from engine.utils.meters import AverageMeter
-from engine.utils.tools import mkdir_if_missing, set_random_seed, write_json
+from engine.utils.tools import COMPILE_MODES, mkdir_if_missing, set_random_seed, uses_cuda_graphs, write_json
 
 TRAINER_REGISTRY = Registry("TRAINER")
 logger = logging.getLogger(__name__)
@@ -384,6 +384,7 @@ class SimpleTrainer(TrainerBase):
         if self.device.type == "cuda" and distributed.world_size() > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.use_bf16 = self._wants_bf16(cfg.TRAIN.PRECISION)
+        self.cuda_graph_steps = uses_cuda_graphs(cfg, self.device)
         self.skip_nonfinite = cfg.TRAIN.ON_NONFINITE == "skip"
         self.skipped_steps = 0
         self._nonfinite = None if self.skip_nonfinite else NonFiniteWatch()
@@ -408,6 +409,13 @@ class SimpleTrainer(TrainerBase):
             return self.device.type == "cuda" and torch.cuda.is_bf16_supported()
         return precision == "bf16"
 
+    def begin_step(self) -> None:
+        """Called before each training step. Under CUDA graphs (``MODEL.COMPILE_MODE`` reduce-overhead or
+        max-autotune on a GPU) it tells them that a new step starts, so that its replays may reuse the memory
+        of the last step's outputs; anything kept across steps must be a copy (see ``tools.compiled``)."""
+        if self.cuda_graph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
+
     def check_cfg(self, cfg) -> None:
         """Check a trainer's requirements on the config (raise :class:`UserError`)."""
         if cfg.TRAIN.PRECISION not in ("auto", "bf16", "fp32"):
@@ -418,6 +426,9 @@ class SimpleTrainer(TrainerBase):
             raise UserError(f"TEST.FINAL_MODEL must be 'last_step' or 'best_val', got '{cfg.TEST.FINAL_MODEL}'")
         if cfg.TRAIN.COUNT_ITER not in ("train_x", "train_u", "smaller_one"):
             raise UserError(f"TRAIN.COUNT_ITER must be train_x, train_u or smaller_one, got '{cfg.TRAIN.COUNT_ITER}'")
+        if cfg.MODEL.COMPILE_MODE not in COMPILE_MODES:
+            raise UserError(f"MODEL.COMPILE_MODE must be one of {', '.join(COMPILE_MODES)}, "
+                            f"got '{cfg.MODEL.COMPILE_MODE}'")
 
     def build_data_loader(self) -> None:
         dm = DataManager(self.cfg)
@@ -637,6 +648,7 @@ class SimpleTrainer(TrainerBase):
         for self.batch_idx in bar:
             batches = next_batch()
             data_time.update(time.time() - end)
+            self.begin_step()
             loss_summary = step(*batches) or {}
             if self._nonfinite is not None:
                 self._nonfinite.observe(loss_summary, self.epoch, self.batch_idx)

@@ -22,12 +22,35 @@ def set_random_seed(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def compiled(fn, cfg, **options):
-    """``torch.compile(fn, **options)`` (a module or a function) when ``MODEL.COMPILE`` is on, else ``fn``.
-    Trainers call the result but register and save the module itself, so checkpoints keep their plain
-    parameter names. Compiling saves GPU time (fused kernels) and host time: in eager mode every small
-    operation is a separate launch, and on a fast GPU the host's launches, not the kernels, can set the pace."""
-    return torch.compile(fn, **options) if cfg.MODEL.COMPILE else fn
+# torch.compile's modes; those that also replay compiled graphs as CUDA graphs map to their twin without
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+WITHOUT_CUDA_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
+
+def compiled(fn, cfg, cuda_graphs: bool = True, **options):
+    """``torch.compile(fn, mode=MODEL.COMPILE_MODE, **options)`` (a module or a function) when
+    ``MODEL.COMPILE`` is on, else ``fn``. Trainers call the result but register and save the module itself,
+    so checkpoints keep their plain parameter names. Compiling saves GPU time (fused kernels) and host time:
+    in eager mode every small operation is a separate launch, and on a fast GPU the host's launches, not the
+    kernels, can set the pace.
+
+    With CUDA graphs (modes ``reduce-overhead`` and ``max-autotune`` on a GPU) a whole graph replays in one
+    launch, but its outputs live in memory that a later replay overwrites: use them within the step (the
+    trainer marks each step's start, :meth:`SimpleTrainer.begin_step`) and ``clone()`` what must outlive it.
+    ``cuda_graphs=False`` compiles ``fn`` in the same mode without them, for a function called more than once
+    per step whose outputs are all needed at once (the cache's augmentation of the source and target batches)."""
+    if not cfg.MODEL.COMPILE:
+        return fn
+    mode = cfg.MODEL.COMPILE_MODE if cuda_graphs else WITHOUT_CUDA_GRAPHS.get(cfg.MODEL.COMPILE_MODE,
+                                                                              cfg.MODEL.COMPILE_MODE)
+    if mode != "default":  # only inductor knows modes; tests swap in other backends, which warn about one
+        options["mode"] = mode
+    return torch.compile(fn, **options)
+
+
+def uses_cuda_graphs(cfg, device: torch.device) -> bool:
+    """Whether :func:`compiled` code replays as CUDA graphs on ``device`` (inductor skips them on CPUs)."""
+    return bool(cfg.MODEL.COMPILE) and cfg.MODEL.COMPILE_MODE in WITHOUT_CUDA_GRAPHS and device.type == "cuda"
 
 
 def mkdir_if_missing(path: str | os.PathLike) -> None:
