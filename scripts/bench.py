@@ -15,6 +15,9 @@ as JPEG files of ``--image-size`` pixels so that decoding costs what it costs on
 
 ``--compare-patch-embed`` adds a third row, ``fast+matmul``: the fast path with the ViT's patch embedding
 computed as one matrix product (``MODEL.PATCH_EMBED_MATMUL``) instead of cuDNN's convolution.
+``--cuda-graphs`` (GPUs) adds the last fast row again with ``MODEL.COMPILE_MODE reduce-overhead``
+(``...+graphs``): the compiled encoders and losses replayed as CUDA graphs, one launch per graph. These
+extra rows are experiments: one that fails is reported and left out, and the others are still timed.
 
 Images/s counts every image through the encoder (source + target). ``--repeats`` rounds measure the
 pipelines in turn; the table gives each one's median and range (a difference between pipelines within
@@ -27,6 +30,7 @@ released architecture with random weights (``random:ViT-B/32``): throughput does
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -75,8 +79,25 @@ def prepare_images(root: str, image_size: int, per_class: int) -> str:
     return out
 
 
+REQUIRED = ("dassl", "fast")  # the rows of the speedup line; the others are optional experiments
+
+
+def pipelines(args: argparse.Namespace) -> list[tuple[str, bool, list[str]]]:
+    """``(name, fast, config options)`` of each pipeline to time, in the order they are timed."""
+    chosen = [("dassl", False, []), ("fast", True, [])]
+    if args.compare_patch_embed:
+        chosen.append(("fast+matmul", True, ["MODEL.PATCH_EMBED_MATMUL", "True"]))
+    if args.cuda_graphs:
+        if torch.cuda.is_available() and not args.no_compile:
+            name, _, opts = chosen[-1]
+            chosen.append((name + "+graphs", True, opts + ["MODEL.COMPILE_MODE", "reduce-overhead"]))
+        else:
+            print("--cuda-graphs: CUDA graphs need a GPU and torch.compile; that row is not timed")
+    return chosen
+
+
 def build(args: argparse.Namespace, data_root: str, fast: bool, cache_dir: str, out_dir: str,
-          patch_embed_matmul: bool = False):
+          extra_opts: list[str] = ()):
     cuda = torch.cuda.is_available()
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -94,7 +115,7 @@ def build(args: argparse.Namespace, data_root: str, fast: bool, cache_dir: str, 
     if fast:
         opts += ["DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", cache_dir,
                  "DATALOADER.CACHE.ON_DEVICE", str(cuda), "TRAIN.PRECISION", "auto", "OPTIM.FUSED", "True",
-                 "MODEL.COMPILE", str(cuda and not args.no_compile), "MODEL.PATCH_EMBED_MATMUL", str(patch_embed_matmul)]
+                 "MODEL.COMPILE", str(cuda and not args.no_compile), *extra_opts]
     else:
         opts += ["TRAIN.PRECISION", "fp32", "OPTIM.FUSED", "False", "MODEL.COMPILE", "False"]
     merge_from_list(cfg, opts)
@@ -118,6 +139,7 @@ def measure(trainer, warmup: int, steps: int) -> tuple[float, float]:
             sync()
             start = time.perf_counter()
             images = 0
+        trainer.begin_step()  # as the training loop does (CUDA graphs: a new step may reuse the last one's memory)
         batch_x, batch_u = next(xs), next(us)
         images += len(batch_x["index"]) + len(batch_u["index"])
         trainer.forward_backward(batch_x, batch_u)
@@ -176,6 +198,30 @@ def profile(trainer, steps: int = 3) -> float:
     return gpu_ms
 
 
+class optional(contextlib.AbstractContextManager):
+    """``with optional(name, what) as ok:`` runs the block; for an optional pipeline (not in
+    :data:`REQUIRED`) an exception is printed as one line and swallowed, and ``ok`` becomes False."""
+
+    def __init__(self, name: str, what: str) -> None:
+        self.name, self.what, self.ok = name, what, True
+
+    def __enter__(self) -> "optional":
+        return self
+
+    def __exit__(self, kind, error, _tb) -> bool:
+        if error is None or self.name in REQUIRED or not isinstance(error, Exception):
+            return False
+        self.ok = False
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        print(f"{self.name}: {self.what} failed ({kind.__name__}: {first_line}); left out", flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return True
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
 def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -196,25 +242,31 @@ def main(argv: list[str] | None = None) -> int:
                    help="measurement rounds, pipelines in turn; the table gives each one's median and range")
     p.add_argument("--compare-patch-embed", action="store_true",
                    help="also time the fast path with the patch embedding as one matrix product (MODEL.PATCH_EMBED_MATMUL)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="GPUs: also time the last fast row with MODEL.COMPILE_MODE reduce-overhead (CUDA graphs)")
     args = p.parse_args(argv)
 
     setup_logger(None, console=False)
     work = args.work_dir or tempfile.mkdtemp(prefix="promptemo-bench-")
     data_root = prepare_images(work, args.image_size, args.per_class)
-    pipelines = [("dassl", False, False), ("fast", True, False)]
-    if args.compare_patch_embed:
-        pipelines.append(("fast+matmul", True, True))
-    trainers_by_name = {name: build(args, data_root, fast, os.path.join(work, "cache"), os.path.join(work, "out", name),
-                                    patch_embed_matmul=patch_matmul)
-                        for name, fast, patch_matmul in pipelines}
+    chosen = pipelines(args)
+    trainers_by_name = {}
+    for name, fast, opts in chosen:
+        with optional(name, "build"):
+            trainers_by_name[name] = build(args, data_root, fast, os.path.join(work, "cache"),
+                                           os.path.join(work, "out", name), opts)
     # Rounds in turn (dassl, fast, fast+matmul, dassl, ...): a drift of the machine over time (clocks,
     # other load) then spreads over every pipeline instead of favouring the one measured first.
     rates: dict[str, list[float]] = {name: [] for name in trainers_by_name}
     step_ms: dict[str, list[float]] = {name: [] for name in trainers_by_name}
     for round_no in range(1, args.repeats + 1):
-        for name, trainer in trainers_by_name.items():
+        for name, trainer in list(trainers_by_name.items()):
             steps = args.dassl_steps if name == "dassl" and args.dassl_steps else args.steps
-            ips, ms = measure(trainer, args.warmup, steps)
+            with optional(name, "run") as ok:
+                ips, ms = measure(trainer, args.warmup, steps)
+            if not ok:
+                del trainers_by_name[name], rates[name], step_ms[name]
+                continue
             rates[name].append(ips)
             step_ms[name].append(ms)
         if args.repeats > 1:  # as it comes, so that a run cut short by a time limit still reports something
@@ -223,19 +275,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[name, f"{statistics.median(values):,.0f}", f"{statistics.median(step_ms[name]):.1f}",
              f"{min(values):,.0f}-{max(values):,.0f}"] for name, values in rates.items()]
     if args.profile and cuda:
-        for name, fast, _ in pipelines:
-            if fast:
+        for name, trainer in trainers_by_name.items():
+            if name != "dassl":
                 print(f"most expensive GPU kernels, {name}:")
-                gpu_ms = profile(trainers_by_name[name])
-                wall_ms = statistics.median(step_ms[name])
-                print(f"{name}: GPU kernels {gpu_ms:.1f} ms per step of {wall_ms:.1f} ms "
-                      f"({100 * gpu_ms / wall_ms:.0f}% busy; the rest is the GPU waiting for the host)")
+                with optional(name, "profile"):
+                    gpu_ms = profile(trainer)
+                    wall_ms = statistics.median(step_ms[name])
+                    print(f"{name}: GPU kernels {gpu_ms:.1f} ms per step of {wall_ms:.1f} ms "
+                          f"({100 * gpu_ms / wall_ms:.0f}% busy; the rest is the GPU waiting for the host)")
     median = {name: statistics.median(values) for name, values in rates.items()}
     device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
     print(f"PromptEmo training step, backbone {args.backbone}, batch {args.batch} source + {args.batch} target, "
           f"{args.image_size}px JPEGs, {device}, torch {torch.__version__}, median of {args.repeats} round(s)")
     print(tabulate(rows, headers=["pipeline", "images/s", "ms/step", "range images/s"], tablefmt="github"))
-    if args.compare_patch_embed:
+    if "fast+matmul" in median:
         print(f"patch embedding as matmul / convolution (fast path): {median['fast+matmul'] / median['fast']:.2f}")
     print(f"speedup {median['fast'] / median['dassl']:.2f}")
     return 0

@@ -10,6 +10,8 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import bench  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def test_bench_times_every_pipeline_and_ends_with_the_speedup_line(tmp_path, capsys):
@@ -30,6 +32,45 @@ def test_bench_times_every_pipeline_and_ends_with_the_speedup_line(tmp_path, cap
     low = (rates["fast"] - 0.5) / (rates["dassl"] + 0.5)
     high = (rates["fast"] + 0.5) / max(rates["dassl"] - 0.5, 1e-9)
     assert low - 0.005 <= float(lines[-1].split()[1]) <= high + 0.005
+
+
+def test_a_failing_optional_pipeline_is_reported_and_the_others_still_timed(tmp_path, capsys, monkeypatch):
+    real_measure = bench.measure
+
+    def measure(trainer, warmup, steps):  # the patch-embedding variant breaks when it runs
+        if trainer.cfg.MODEL.PATCH_EMBED_MATMUL:
+            raise RuntimeError("accessing tensor output of CUDAGraphs that has been overwritten\nsecond line")
+        return real_measure(trainer, warmup, steps)
+
+    monkeypatch.setattr(bench, "measure", measure)
+    args = ["--backbone", "tiny", "--batch", "8", "--steps", "1", "--warmup", "0", "--workers", "0", "--per-class", "3",
+            "--image-size", "40", "--work-dir", str(tmp_path), "--compare-patch-embed", "--repeats", "2"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("fast+matmul: run failed (RuntimeError: accessing tensor output of CUDAGraphs that has been "
+                     "overwritten); left out") == 1  # once: not tried again in the second round
+    assert "round 2/2: dassl" in out and "fast+matmul" not in out.split("left out")[1]
+    assert "patch embedding as matmul" not in out and re.search(r"^speedup \d+\.\d\d$", out.strip(), re.M)
+
+    def broken(trainer, warmup, steps):  # a failure of a required pipeline is not swallowed
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(bench, "measure", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        bench.main(args)
+
+
+def test_cuda_graphs_row_needs_a_gpu_and_compile():
+    args = bench.argparse.Namespace(compare_patch_embed=True, cuda_graphs=True, no_compile=False)
+    names = [name for name, _, _ in bench.pipelines(args)]
+    if torch.cuda.is_available():
+        assert names[-1] == "fast+matmul+graphs"
+        assert bench.pipelines(args)[-1][2] == ["MODEL.PATCH_EMBED_MATMUL", "True", "MODEL.COMPILE_MODE",
+                                                "reduce-overhead"]
+    else:
+        assert names == ["dassl", "fast", "fast+matmul"]
+    args.no_compile = True
+    assert [name for name, _, _ in bench.pipelines(args)] == ["dassl", "fast", "fast+matmul"]
 
 
 def test_host_ops_counts_every_part_of_the_step(tmp_path, capsys):
