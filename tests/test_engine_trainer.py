@@ -16,6 +16,7 @@ from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU, build_trainer
 from engine.utils.checkpoint import load_checkpoint
 from engine.utils.logger import setup_logger
+from engine.utils.tools import set_cudnn_benchmark
 
 
 @TRAINER_REGISTRY.register(force=True)
@@ -120,3 +121,19 @@ def test_eval_only_loads_a_given_epoch_without_val_result(synthetic_root, tmp_pa
     fresh.final_evaluation()
     assert fresh.test_results == first.test_results
     assert json.load(open(tmp_path / "eval" / "results.json"))["epochs_trained"] == 1
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_cudnn_benchmark_follows_the_config_on_cuda_only(monkeypatch, enabled):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not enabled)  # restored after the test
+    cfg = make_cfg("unused", "unused", "CUDNN_BENCHMARK", str(enabled))
+    set_cudnn_benchmark(cfg, torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is (not enabled)  # a CPU run leaves the process-wide flag alone
+    set_cudnn_benchmark(cfg, torch.device("cuda"))  # only sets a flag: no GPU needed
+    assert torch.backends.cudnn.benchmark is enabled
+
+
+def test_trainer_turns_cudnn_benchmark_on_for_cuda_runs_as_dassl_does(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    trainer = build_trainer(make_cfg(synthetic_root, str(tmp_path), trainer="ToyXU"))
+    assert torch.backends.cudnn.benchmark is (trainer.device.type == "cuda")

@@ -1,8 +1,8 @@
 """Default configuration, with Dassl's key names wherever Dassl has the concept.
 
 Keys this project adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATASET.SYNTHETIC.*``,
-``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.COMPILE``,
-``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``OPTIM.FUSED``, ``TRAIN.PRECISION``,
+``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``CUDNN_BENCHMARK``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``,
+``MODEL.COMPILE``, ``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``OPTIM.FUSED``, ``TRAIN.PRECISION``,
 ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``;
 readers and the decoded-image cache add theirs through config hooks. Method keys (``TRAINER.<METHOD>.*``) are
 added by each trainer's config hook (see :func:`engine.config.extend_cfg`).
@@ -29,6 +29,9 @@ _C.RESUME = ""
 # Set seed to a negative value to randomize everything; 0 is a valid seed
 _C.SEED = 1
 _C.USE_CUDA = True
+# On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the fastest, as
+# Dassl's tools/train.py does (torch.backends.cudnn.benchmark). False: cuDNN's heuristic choice instead
+_C.CUDNN_BENCHMARK = True
 # Print detailed information (e.g. the split table and the config)
 _C.VERBOSE = True
 

@@ -47,7 +47,8 @@ from engine.utils.checkpoint import (capture_rng_state, checkpoint_candidates, c
                                      step_checkpoint_name)
 from engine.utils.errors import NonFiniteLossError, UserError
 from engine.utils.meters import AverageMeter
-from engine.utils.tools import COMPILE_MODES, mkdir_if_missing, set_random_seed, uses_cuda_graphs, write_json
+from engine.utils.tools import (COMPILE_MODES, mkdir_if_missing, set_cudnn_benchmark, set_random_seed,
+                                uses_cuda_graphs, write_json)
 
 TRAINER_REGISTRY = Registry("TRAINER")
 logger = logging.getLogger(__name__)
@@ -383,6 +384,7 @@ class SimpleTrainer(TrainerBase):
         self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.USE_CUDA else "cpu")
         if self.device.type == "cuda" and distributed.world_size() > 1:
             self.device = torch.device("cuda", torch.cuda.current_device())
+        set_cudnn_benchmark(cfg, self.device)
         self.use_bf16 = self._wants_bf16(cfg.TRAIN.PRECISION)
         self.cuda_graph_steps = uses_cuda_graphs(cfg, self.device)
         self.skip_nonfinite = cfg.TRAIN.ON_NONFINITE == "skip"

@@ -22,6 +22,14 @@ def set_random_seed(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
+def set_cudnn_benchmark(cfg, device: torch.device) -> None:
+    """On CUDA, ``torch.backends.cudnn.benchmark = CUDNN_BENCHMARK`` (Dassl's tools/train.py sets it True):
+    cuDNN times its convolution algorithms for each new input shape and keeps the fastest, instead of
+    picking one by heuristics. The flag is process-wide; on a CPU it is left alone."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+
+
 # torch.compile's modes; those that also replay compiled graphs as CUDA graphs map to their twin without
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 WITHOUT_CUDA_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
