@@ -198,14 +198,14 @@ def profile(trainer, steps: int = 3) -> float:
     return gpu_ms
 
 
-class optional(contextlib.AbstractContextManager):
-    """``with optional(name, what) as ok:`` runs the block; for an optional pipeline (not in
+class optional_row(contextlib.AbstractContextManager):
+    """``with optional_row(name, what) as ok:`` runs the block; for an optional pipeline (not in
     :data:`REQUIRED`) an exception is printed as one line and swallowed, and ``ok`` becomes False."""
 
     def __init__(self, name: str, what: str) -> None:
         self.name, self.what, self.ok = name, what, True
 
-    def __enter__(self) -> "optional":
+    def __enter__(self) -> "optional_row":
         return self
 
     def __exit__(self, kind, error, _tb) -> bool:
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = pipelines(args)
     trainers_by_name = {}
     for name, fast, opts in chosen:
-        with optional(name, "build"):
+        with optional_row(name, "build"):
             trainers_by_name[name] = build(args, data_root, fast, os.path.join(work, "cache"),
                                            os.path.join(work, "out", name), opts)
     # Rounds in turn (dassl, fast, fast+matmul, dassl, ...): a drift of the machine over time (clocks,
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     for round_no in range(1, args.repeats + 1):
         for name, trainer in list(trainers_by_name.items()):
             steps = args.dassl_steps if name == "dassl" and args.dassl_steps else args.steps
-            with optional(name, "run") as ok:
+            with optional_row(name, "run") as ok:
                 ips, ms = measure(trainer, args.warmup, steps)
             if not ok:
                 del trainers_by_name[name], rates[name], step_ms[name]
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, trainer in trainers_by_name.items():
             if name != "dassl":
                 print(f"most expensive GPU kernels, {name}:")
-                with optional(name, "profile"):
+                with optional_row(name, "profile"):
                     gpu_ms = profile(trainer)
                     wall_ms = statistics.median(step_ms[name])
                     print(f"{name}: GPU kernels {gpu_ms:.1f} ms per step of {wall_ms:.1f} ms "
