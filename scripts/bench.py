@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -97,7 +98,7 @@ def pipelines(args: argparse.Namespace) -> list[tuple[str, bool, list[str]]]:
 
 
 def build(args: argparse.Namespace, data_root: str, fast: bool, cache_dir: str, out_dir: str,
-          extra_opts: list[str] = ()):
+          extra_opts: Sequence[str] = ()):
     cuda = torch.cuda.is_available()
     cfg = get_cfg_default()
     extend_cfg(cfg)
