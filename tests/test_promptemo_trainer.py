@@ -285,3 +285,23 @@ def test_cuda_graph_steps_train_and_evaluate_like_eager_steps(synthetic_root, tm
     logged = [json.loads(line) for line in open(tmp_path / "graphs" / "metrics.jsonl")]
     losses = [r["train/loss_ps"] for r in logged if "train/loss_ps" in r]
     assert len(losses) >= 2 and all(math.isfinite(v) for v in losses) and len(set(losses)) > 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-device synchronisation is a GPU matter")
+def test_fast_path_step_never_waits_for_the_gpu(synthetic_root, tmp_path):
+    """The fast path's step (batches gathered from the device-resident cache and augmented there, bf16,
+    fused AdamW) queues its work without waiting for the GPU: torch raises on any synchronising call
+    (``.item()``, a blocking copy, a data-dependent shape) while the sync debug mode is "error"."""
+    t = _trainer(synthetic_root, str(tmp_path), "DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR",
+                 str(tmp_path / "cache"), "DATALOADER.CACHE.ON_DEVICE", "True", "OPTIM.FUSED", "True")
+    t.set_model_mode("train")
+    xs, us = iter(t.train_loader_x), iter(t.train_loader_u)
+    t.forward_backward(next(xs), next(us))  # the first step creates the optimiser's state
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            t.begin_step()
+            t.forward_backward(next(xs), next(us))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
