@@ -18,6 +18,7 @@ computed as one matrix product (``MODEL.PATCH_EMBED_MATMUL``) instead of cuDNN's
 ``--cuda-graphs`` (GPUs) adds the last fast row again with ``MODEL.COMPILE_MODE reduce-overhead``
 (``...+graphs``): the compiled encoders and losses replayed as CUDA graphs, one launch per graph. These
 extra rows are experiments: one that fails is reported and left out, and the others are still timed.
+When anything was compiled, a line counts the compiled graphs and the graph breaks of all pipelines.
 
 Images/s counts every image through the encoder (source + target). ``--repeats`` rounds measure the
 pipelines in turn; the table gives each one's median and range (a difference between pipelines within
@@ -199,6 +200,18 @@ def profile(trainer, steps: int = 3) -> float:
     return gpu_ms
 
 
+def compile_summary() -> str | None:
+    """One line on what ``torch.compile`` did in this process (all pipelines), or None if nothing was
+    compiled. A graph break splits a graph and runs the code between the parts eagerly."""
+    from torch._dynamo.utils import counters
+
+    if not counters["stats"]["unique_graphs"]:
+        return None
+    reasons = counters["graph_break"]
+    line = f"torch.compile: {counters['stats']['unique_graphs']} graphs, {sum(reasons.values())} graph breaks"
+    return line + (f" (first: {next(iter(reasons))[:200]})" if reasons else "")
+
+
 class optional_row(contextlib.AbstractContextManager):
     """``with optional_row(name, what) as ok:`` runs the block; for an optional pipeline (not in
     :data:`REQUIRED`) an exception is printed as one line and swallowed, and ``ok`` becomes False."""
@@ -284,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                     wall_ms = statistics.median(step_ms[name])
                     print(f"{name}: GPU kernels {gpu_ms:.1f} ms per step of {wall_ms:.1f} ms "
                           f"({100 * gpu_ms / wall_ms:.0f}% busy; the rest is the GPU waiting for the host)")
+    if summary := compile_summary():
+        print(summary)
     median = {name: statistics.median(values) for name, values in rates.items()}
     device = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)"
     print(f"PromptEmo training step, backbone {args.backbone}, batch {args.batch} source + {args.batch} target, "

@@ -73,6 +73,20 @@ def test_cuda_graphs_row_needs_a_gpu_and_compile():
     assert [name for name, _, _ in bench.pipelines(args)] == ["dassl", "fast", "fast+matmul"]
 
 
+def test_compile_summary_counts_graphs_and_breaks(compile_with):
+    counters = compile_with("aot_eager")
+    assert bench.compile_summary() is None  # nothing compiled yet
+
+    def with_a_break(x):
+        y = x.sin()
+        print("host code in the middle")  # dynamo cannot trace a print: the graph breaks here
+        return y.cos()
+
+    torch.compile(with_a_break)(torch.ones(3))
+    assert counters["stats"]["unique_graphs"] == 2
+    assert bench.compile_summary().startswith("torch.compile: 2 graphs, 1 graph breaks (first: ")
+
+
 def test_host_ops_counts_every_part_of_the_step(tmp_path, capsys):
     import host_ops
 
