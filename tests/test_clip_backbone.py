@@ -157,3 +157,45 @@ def test_clip_with_patch_embed_matmul_keeps_keys_and_features(tiny_clip_file):
     assert list(swapped.state_dict()) == list(reference.state_dict())
     image = torch.randn(3, 3, 32, 32)
     assert torch.allclose(swapped.encode_image(image), reference.encode_image(image), atol=1e-5)
+
+
+def test_class_token_last_block_keeps_keys_features_and_gradients(tiny_clip_file):
+    """MODEL.CLS_ONLY_LAST_BLOCK: the ViT's last block computes the class token alone, which is all the
+    image feature reads, so features and every parameter's gradient stay those of CLIP's forward."""
+    from clip.model import CLIP
+
+    from engine.modeling.clip_backbone import ClassTokenBlock, use_class_token_last_block
+
+    reference = load_clip(tiny_clip_file)
+    swapped = use_class_token_last_block(use_class_token_last_block(load_clip(tiny_clip_file)))  # idempotent
+    blocks = swapped.visual.transformer.resblocks
+    assert isinstance(blocks[-1], ClassTokenBlock) and not any(isinstance(b, ClassTokenBlock) for b in blocks[:-1])
+    assert list(swapped.state_dict()) == list(reference.state_dict())
+    image = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    f_ref, f_new = reference.encode_image(image), swapped.encode_image(image)
+    assert f_new.shape == f_ref.shape == (3, TINY_CLIP_ARCH["embed_dim"])
+    assert torch.allclose(f_new, f_ref, atol=1e-5)
+    upstream = torch.randn_like(f_ref)
+    (f_ref * upstream).sum().backward()
+    (f_new * upstream).sum().backward()
+    grads = dict(swapped.visual.named_parameters())
+    for name, param in reference.visual.named_parameters():
+        assert torch.allclose(grads[name].grad, param.grad, atol=1e-5), name
+    # the text encoder's blocks are causally masked and read the end-of-text token: refused
+    with pytest.raises(ValueError, match="masked attention block"):
+        ClassTokenBlock.replacing(reference.transformer.resblocks[0])
+    # a ResNet image encoder (its attention pooling already queries one token) is left as it is
+    resnet = CLIP(**dict(TINY_CLIP_ARCH, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=16))
+    modules = list(resnet.visual.modules())
+    assert use_class_token_last_block(resnet) is resnet and list(resnet.visual.modules()) == modules
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_build_clip_for_applies_cls_only_last_block_from_the_config(enabled):
+    from engine.modeling.clip_backbone import ClassTokenBlock, build_clip_for
+
+    cfg = get_cfg_default()
+    assert cfg.MODEL.CLS_ONLY_LAST_BLOCK  # on by default: same features, less work
+    cfg.MODEL.BACKBONE.NAME, cfg.INPUT.SIZE, cfg.MODEL.CLS_ONLY_LAST_BLOCK = "tiny", (32, 32), enabled
+    model = build_clip_for(cfg, "cpu")
+    assert isinstance(model.visual.transformer.resblocks[-1], ClassTokenBlock) is enabled

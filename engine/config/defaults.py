@@ -2,10 +2,11 @@
 
 Keys this project adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATASET.SYNTHETIC.*``,
 ``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``CUDNN_BENCHMARK``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``,
-``MODEL.COMPILE``, ``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``OPTIM.FUSED``, ``TRAIN.PRECISION``,
-``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``;
-readers and the decoded-image cache add theirs through config hooks. Method keys (``TRAINER.<METHOD>.*``) are
-added by each trainer's config hook (see :func:`engine.config.extend_cfg`).
+``MODEL.COMPILE``, ``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``MODEL.CLS_ONLY_LAST_BLOCK``,
+``OPTIM.FUSED``, ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``,
+``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``; readers and the decoded-image cache add theirs through
+config hooks. Method keys (``TRAINER.<METHOD>.*``) are added by each trainer's config hook (see
+:func:`engine.config.extend_cfg`).
 
 Defaults that differ from Dassl, and why:
 - ``INPUT.PIXEL_MEAN/STD`` default to CLIP's statistics because every trainer here is CLIP-based.
@@ -145,6 +146,9 @@ _C.MODEL.COMPILE_MODE = "default"
 # Compute a ViT's patch embedding as one matrix product instead of a convolution (same weights and result;
 # see engine/modeling/clip_backbone.py). Off until measured faster on a GPU.
 _C.MODEL.PATCH_EMBED_MATMUL = False
+# In a ViT's last block, compute the class token's output only (the image feature; the other tokens' outputs
+# there are discarded): the same feature, parameters and checkpoint keys, less work (see clip_backbone.py)
+_C.MODEL.CLS_ONLY_LAST_BLOCK = True
 # Definition of a head network (used by trainers that have one)
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = ""
