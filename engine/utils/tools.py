@@ -49,8 +49,9 @@ def compiled(fn, cfg, cuda_graphs: bool = True, **options):
     per step whose outputs are all needed at once (the cache's augmentation of the source and target batches)."""
     if not cfg.MODEL.COMPILE:
         return fn
-    mode = cfg.MODEL.COMPILE_MODE if cuda_graphs else WITHOUT_CUDA_GRAPHS.get(cfg.MODEL.COMPILE_MODE,
-                                                                              cfg.MODEL.COMPILE_MODE)
+    mode = cfg.MODEL.COMPILE_MODE
+    if not cuda_graphs:
+        mode = WITHOUT_CUDA_GRAPHS.get(mode, mode)
     if mode != "default":  # only inductor knows modes; tests swap in other backends, which warn about one
         options["mode"] = mode
     return torch.compile(fn, **options)
