@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One prepared GPU check (a lent machine has no network): the throughput benchmark on ViT-B/32, then
 # the test suite on CUDA (tests pick the GPU when one is present). Writes logs to $OUT (or ./gpu_check).
-# Wheels it needs beyond the machine's image go in .whl/ (ignored by git): ftfy, openai-clip, setuptools<81,
-# wcwidth, yacs, pytest-xdist, execnet.
+# Wheels it needs beyond the machine's image go in .whl/ (ignored by git); make them on a machine with PyPI
+# (openai-clip is a source package, so `pip wheel` rather than `pip download`):
+#   pip wheel --no-deps -w .whl ftfy openai-clip "setuptools<81" wcwidth yacs pytest-xdist execnet
+# and carry .whl with the call (the device tool's `carry`).
 #   bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
