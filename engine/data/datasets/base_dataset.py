@@ -1,9 +1,8 @@
 """``Datum`` and ``DatasetBase`` with Dassl's attributes (``train_x, train_u, val, test...``)."""
 from __future__ import annotations
 
-from typing import Sequence
-
 from dataclasses import dataclass
+from typing import Sequence
 
 from engine.registry import Registry
 
