@@ -1,6 +1,6 @@
 """MO-FER: multi-source, open-set facial expression recognition (``DATASET.NAME MOFER``).
 
-Split construction (shared by every method, DATASETS.md):
+Split construction (shared by every method; docs/datasets.md describes each dataset):
 
 - sources: the train split of every ``DATASET.SOURCE_DOMAINS`` entry, unseen classes removed, labels
   re-indexed to seen indices ``0..K-1`` in canonical order;
@@ -115,7 +115,8 @@ class MOFER(DatasetBase):
             "target_test": _counts([it.label for it in t.test]),
         }
         super().__init__(train_x=train_x, train_u=train_u, test=test,
-                         lab2cname={i: c for i, c in enumerate(self.seen_classnames)})
+                         lab2cname={i: c for i, c in enumerate(self.seen_classnames)},
+                         unseen_classnames=self.unseen_classnames, source_domains=sources, target_domains=[target])
         if cfg.VERBOSE:
             logger.info("MO-FER split (unseen: %s)\n%s", ", ".join(self.unseen_classnames) or "none", self.split_table())
         if cfg.OUTPUT_DIR and int(os.environ.get("RANK", "0")) == 0:

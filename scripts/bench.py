@@ -41,19 +41,17 @@ import tempfile
 import time
 from typing import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from PIL import Image
+from tabulate import tabulate
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import datasets  # noqa: E402,F401
-import trainers  # noqa: E402,F401
-from datasets import synthetic  # noqa: E402
-from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list  # noqa: E402
-from engine.trainer import build_trainer  # noqa: E402
-from engine.utils.logger import setup_logger  # noqa: E402
+import datasets  # noqa: F401  (registers the datasets and trainers)
+import trainers  # noqa: F401  (registers the datasets and trainers)
+from datasets import synthetic
+from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list
+from engine.trainer import build_trainer
+from engine.utils.logger import setup_logger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES, TARGET = ["synth_color", "synth_gray", "synth_lab"], "synth_wild"

@@ -40,10 +40,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from datasets.classes import CANONICAL_CLASSES, resolve_class  # noqa: E402
-from engine.utils.errors import UserError  # noqa: E402
+from datasets.classes import CANONICAL_CLASSES, resolve_class
+from engine.utils.errors import UserError
 
 CONTEXT_LENGTH = 77          # CLIP's text context, start and end tokens included
 DEFAULT_N_CTX = 8            # N0, the learnable vectors of the default PromptEmo config

@@ -21,15 +21,13 @@ import sys
 import tempfile
 from typing import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
+from tabulate import tabulate
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import torch  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-import bench  # noqa: E402
-from engine.modeling.clip_backbone import encode_images  # noqa: E402
-from engine.utils.logger import setup_logger  # noqa: E402
+import bench
+from engine.modeling.clip_backbone import encode_images
+from engine.utils.logger import setup_logger
 
 
 class OpCounter(TorchDispatchMode):

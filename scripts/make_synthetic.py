@@ -3,14 +3,9 @@
     python scripts/make_synthetic.py --root data --preview synthetic_preview.png
 
 train.py generates missing synthetic domains by itself; this is for looking at them or preparing
-them ahead of time. Options: see datasets/synthetic.py or --help.
+them ahead of time. Options: see datasets/synthetic/cli.py or --help.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from datasets.synthetic import main  # noqa: E402
+from datasets.synthetic import main
 
 if __name__ == "__main__":
     main()

@@ -26,19 +26,18 @@ import sys
 import time
 from dataclasses import replace
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from datasets.synthetic import CLASSNAMES, DOMAIN_STYLES, render_face  # noqa: E402
-from engine.config.defaults import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD  # noqa: E402
-from engine.data.device_aug import DeviceAugment  # noqa: E402
-from engine.modeling.clip_backbone import CLIP, TINY_CLIP_ARCH, tokenize  # noqa: E402
-from engine.utils.errors import UserError, run_command  # noqa: E402
-from engine.utils.tools import atomic_write_bytes  # noqa: E402
+from datasets.classes import CANONICAL_CLASSES
+from datasets.synthetic import DOMAIN_STYLES, render_face
+from engine.config.defaults import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+from engine.data.fast import DeviceAugment
+from engine.modeling.clip_backbone import CLIP, TINY_CLIP_ARCH, tokenize
+from engine.utils.errors import UserError, run_command
+from engine.utils.tools import atomic_write_bytes
 
 
 #: The pre-training look: between the benchmark's colour and wild domains, but none of them.
@@ -57,7 +56,7 @@ ADJECTIVES = {
     "anger": ("angry", "furious", "mad", "annoyed"),
     "neutral": ("neutral", "calm", "expressionless", "blank"),
 }
-NOUNS = {c: (c,) for c in CLASSNAMES} | {"neutral": ("neutral", "no emotion", "a neutral expression")}
+NOUNS = {c: (c,) for c in CANONICAL_CLASSES} | {"neutral": ("neutral", "no emotion", "a neutral expression")}
 # Visible behaviour, in everyday words (what a caption writer sees, not FACS codes).
 BEHAVIOUR = {
     "surprise": ("raised eyebrows", "an open mouth", "wide open eyes", "a dropped jaw", "a raised forehead"),
@@ -77,7 +76,7 @@ GENERIC_CAPTIONS = ("a photo of a person.", "a face.", "a portrait.", "a picture
                     "a person looking at the camera.", "a headshot.", "profile picture.")
 
 
-GENERIC = len(CLASSNAMES)  # the meaning of a caption that names no expression
+GENERIC = len(CANONICAL_CLASSES)  # the meaning of a caption that names no expression
 
 
 def caption_for(label: int, rng: np.random.Generator, generic_p: float, wrong_p: float) -> tuple[str, int]:
@@ -87,8 +86,8 @@ def caption_for(label: int, rng: np.random.Generator, generic_p: float, wrong_p:
     if rng.random() < generic_p:
         return GENERIC_CAPTIONS[rng.integers(len(GENERIC_CAPTIONS))], GENERIC
     if rng.random() < wrong_p:
-        label = int((label + rng.integers(1, len(CLASSNAMES))) % len(CLASSNAMES))
-    name = CLASSNAMES[label]
+        label = int((label + rng.integers(1, len(CANONICAL_CLASSES))) % len(CANONICAL_CLASSES))
+    name = CANONICAL_CLASSES[label]
     kind = rng.random()
     if kind < 0.4:
         words, templates = ADJECTIVES[name], ADJ_TEMPLATES
@@ -104,7 +103,7 @@ def caption_for(label: int, rng: np.random.Generator, generic_p: float, wrong_p:
 def render_pool(per_class: int, size: int, seed: int, gray_p: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` faces of each class in the web style: uint8 ``(N, size, size, 3)`` and labels."""
     images, labels = [], []
-    jobs = [(label, i) for label in range(len(CLASSNAMES)) for i in range(per_class)]
+    jobs = [(label, i) for label in range(len(CANONICAL_CLASSES)) for i in range(per_class)]
     for label, i in tqdm(jobs, desc="render pre-training faces", unit="img", leave=False):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 7_919, label, i]))
         style = WEB_STYLE_GRAY if rng.random() < gray_p else WEB_STYLE
@@ -190,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     if os.path.exists(args.out) and not args.force:
         print(f"{args.out} exists; nothing to do (--force rebuilds it)")
         return
-    if args.per_class * len(CLASSNAMES) < args.batch_size:
-        raise UserError(f"--per-class {args.per_class} gives {args.per_class * len(CLASSNAMES)} faces, fewer than one "
+    if args.per_class * len(CANONICAL_CLASSES) < args.batch_size:
+        raise UserError(f"--per-class {args.per_class} gives {args.per_class * len(CANONICAL_CLASSES)} faces, fewer than one "
                         f"batch (--batch-size {args.batch_size})")
     start = time.time()
     model = pretrain(args.per_class, args.epochs, args.batch_size, seed=args.seed)

@@ -10,7 +10,7 @@ Default output: Table 1 (``--metric``, default auc_u; rows = methods, columns = 
 ``--summary`` prints instead one table per (target, unseen set) found: rows = methods, columns =
 ``--metrics``. Runs are identified by their JSON content, not their path. Missing seeds, missing
 classes and null metrics are marked, never averaged away; expected seeds are ``--seeds`` or the
-union of seeds found in the folder. All the rules: ``engine/evaluation/tables.py``.
+union of seeds found in the folder. All the rules: ``reporting/__init__.py``.
 
 Warnings (skipped files, unknown targets...) go to stderr as ``warning: ...``. Exit code 2 with one
 line ``error: ...`` if the folder does not exist or holds no usable results.json.
@@ -21,9 +21,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from engine.evaluation import tables as T  # noqa: E402
+import reporting as T
 
 DEFAULT_SUMMARY_METRICS = ["auc_u", "acc_s", "h_best", "oscr"]
 

@@ -20,19 +20,17 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from tabulate import tabulate
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from PIL import Image  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from datasets.classes import CANONICAL_CLASSES  # noqa: E402
-from datasets.readers.folder import read_class_folders  # noqa: E402
-from datasets.synthetic import DOMAINS, ensure_domains  # noqa: E402
-from engine.utils.errors import UserError, run_command  # noqa: E402
+from datasets.classes import CANONICAL_CLASSES
+from datasets.readers.folder import read_class_folders
+from datasets.synthetic import DOMAINS, ensure_domains
+from engine.utils.errors import UserError, run_command
 
 
 def load_split(root: str, domain: str, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,19 +25,17 @@ import os
 import sys
 from typing import NamedTuple, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import datasets  # noqa: E402,F401  (registers datasets and domain readers)
-import trainers  # noqa: E402,F401  (registers trainers)
-from engine.config import extend_cfg, get_cfg_default, merge_from_file  # noqa: E402
-from engine.data import build_data_loader  # noqa: E402
-from engine.trainer import SimpleTrainer, build_trainer  # noqa: E402
-from engine.utils.errors import UserError, run_command  # noqa: E402
-from engine.utils.logger import setup_logger  # noqa: E402
-from engine.utils.tools import atomic_write_bytes  # noqa: E402
+import datasets  # noqa: F401  (registers datasets and domain readers)
+import trainers  # noqa: F401  (registers trainers)
+from engine.config import extend_cfg, get_cfg_default, merge_from_file
+from engine.data import build_data_loader
+from engine.trainer import SimpleTrainer, build_trainer
+from engine.utils.errors import UserError, run_command
+from engine.utils.logger import setup_logger
+from engine.utils.tools import atomic_write_bytes
 
 logger = logging.getLogger("tsne")
 

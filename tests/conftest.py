@@ -1,20 +1,22 @@
 """Shared fixtures: a tiny CLIP checkpoint file and miniature synthetic domains, built once per
-session in a temporary folder. Tests run on the GPU when one is present (the engine picks it)."""
+session in a temporary folder. Tests run on the GPU when one is present (the engine picks it).
+The project is installed (``pip install -r requirements-dev.txt``); scripts, which are commands rather
+than modules, are loaded from their files with :func:`load_script`."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
+from types import ModuleType
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-os.environ.setdefault("TQDM_DISABLE", "1")
+import datasets  # noqa: F401  (registers datasets and readers)
+import trainers  # noqa: F401  (registers trainers)
+from engine.config import extend_cfg, get_cfg_default, merge_from_list
 
-import datasets  # noqa: E402,F401  (registers datasets and readers)
-import trainers  # noqa: E402,F401  (registers trainers)
-from engine.config import extend_cfg, get_cfg_default, merge_from_list  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 SYNTH_SOURCES = ["synth_color", "synth_gray", "synth_lab"]
 SYNTH_TARGET = "synth_wild"
@@ -60,6 +62,15 @@ def compile_with(monkeypatch):
 
     yield use
     torch._dynamo.reset()
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module (its ``main`` not run), loaded from the file."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses defined in the script look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_cfg(root: str, output_dir: str, *opts: str, trainer: str = "ZSCLIP", unseen: str = "fear"):

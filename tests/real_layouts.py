@@ -4,8 +4,8 @@ File names, CSV columns, label files and folder trees are exactly those of the r
 images are small generated ones. Each ``write_*`` function writes the rows it is given (so a test can
 plant a bad line); each ``make_*`` writes a default miniature with every native code present.
 
-The native tables below are written from DATASETS.md, independently of the readers, so that the
-tests check the readers' mappings against them.
+The native tables below are written from the datasets' documentation (docs/datasets.md),
+independently of the readers, so that the tests check the readers' mappings against them.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from PIL import Image
 
 from engine.config import extend_cfg, get_cfg_default, merge_from_list
 
-# Native label -> canonical class name, per DATASETS.md
+# Native label -> canonical class name, per docs/datasets.md
 RAFDB_NATIVE = {1: "surprise", 2: "fear", 3: "disgust", 4: "happiness", 5: "sadness", 6: "anger", 7: "neutral"}
 FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown", "NF")
 FERPLUS_HEADER = ["Usage", "Image name", *FERPLUS_COLUMNS]

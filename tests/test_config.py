@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from yacs.config import CfgNode as CN
 
-import train
+from engine import cli as train
 from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list, register_config_hook
 from engine.utils.errors import UserError
 

@@ -20,7 +20,7 @@ import pytest
 from yacs.config import CfgNode as CN
 
 from conftest import ROOT, SYNTH_OPTS, SYNTH_SOURCES, SYNTH_TARGET
-from engine import dassl_bridge
+import dassl_bridge
 from engine.config import all_keys, extend_cfg, get_cfg_default
 from engine.utils.errors import UserError
 
@@ -84,7 +84,7 @@ def test_register_without_dassl_raises_clear_error(monkeypatch):
 def test_import_bridge_without_dassl_in_fresh_interpreter():
     code = (
         "import sys; sys.modules['dassl'] = None\n"
-        "import engine.dassl_bridge as b\n"
+        "import dassl_bridge as b\n"
         "try:\n"
         "    b.register_with_dassl()\n"
         "except b.DasslNotImportableError as e:\n"
@@ -245,7 +245,7 @@ def test_name_clash_keeps_the_hosts_class(dassl, monkeypatch, caplog):
                                    "__qualname__": trainers.promptemo.PromptEmo.__qualname__})
     objs.update(CoOp=host_coop, PromptEmo=stale)
     monkeypatch.setattr(registry, "_obj_map", objs)  # restored after the test
-    with caplog.at_level(logging.WARNING, logger="engine.dassl_bridge"):
+    with caplog.at_level(logging.WARNING, logger="dassl_bridge"):
         report = dassl_bridge.register_with_dassl()
     assert "trainer 'CoOp' not registered: Dassl's registry already has host_codebase" in caplog.text
     assert report["TRAINER"]["CoOp"].startswith("skipped: Dassl's TRAINER registry already has host_codebase")

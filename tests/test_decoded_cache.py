@@ -15,11 +15,12 @@ from torchvision import transforms as T
 from conftest import make_cfg
 from engine.config import extend_cfg, get_cfg_default, merge_from_list
 from engine.data import DataManager, DatasetWrapper
-from engine.data import cache as cache_module
-from engine.data.cache import DecodedCache, decode_image, open_decoded_cache
-from engine.data.cached_loader import CachedLoader, CacheView, take_rows
 from engine.data.datasets import Datum
-from engine.data.device_aug import DeviceAugment, crop_resize_flip, sample_resized_crop_params
+from engine.data.fast import DeviceAugment, FastPathSettings
+from engine.data.fast import cache as cache_module
+from engine.data.fast.augment import crop_resize_flip, sample_resized_crop_params
+from engine.data.fast.cache import DecodedCache, decode_image, open_decoded_cache
+from engine.data.fast.loader import CachedLoader, CacheView, take_rows
 from engine.data.samplers import build_sampler
 from engine.data.transforms import build_transform
 from engine.utils.errors import UserError
@@ -67,7 +68,7 @@ def test_cache_holds_the_decoded_resized_pixels_and_equals_the_pil_test_transfor
         expected = np.asarray(T.CenterCrop(32)(T.Resize(32, interpolation=T.InterpolationMode.BICUBIC)(img)))
         assert np.array_equal(row, expected)  # uint8, exactly
     # Cached test batches equal the PIL test transform after normalisation
-    device_batch = DeviceAugment.from_cfg(cfg, train=False)(torch.from_numpy(np.array(images)))
+    device_batch = FastPathSettings.from_cfg(cfg).test_augment(torch.from_numpy(np.array(images)))
     pil_batch = _pil_test_batch(cfg, items)
     assert device_batch.dtype == torch.float32 and device_batch.shape == pil_batch.shape
     torch.testing.assert_close(device_batch, pil_batch, atol=1e-5, rtol=0)
@@ -77,7 +78,7 @@ def test_cache_holds_the_decoded_resized_pixels_and_equals_the_pil_test_transfor
     Image.fromarray(smooth).save(tmp_path / "smooth.png")
     smooth_items = [Datum(str(tmp_path / "smooth.png"))]
     bigger = open_decoded_cache(smooth_items, str(tmp_path / "cache"), "toy", "test", 48, "bicubic", progress=False)
-    resized = DeviceAugment.from_cfg(cfg, train=False)(torch.from_numpy(np.array(bigger)))
+    resized = FastPathSettings.from_cfg(cfg).test_augment(torch.from_numpy(np.array(bigger)))
     pil_smooth = _pil_test_batch(cfg, smooth_items)
     error = (resized - pil_smooth).abs() * torch.tensor(STD).view(1, 3, 1, 1) * 255  # in uint8 steps
     # centre crops rounded at two sizes may shift the view by up to about half an output pixel
@@ -194,11 +195,11 @@ def test_compiled_training_augmentation_equals_eager_without_graph_breaks(compil
     device = "cuda" if torch.cuda.is_available() else "cpu"
     counters = compile_with("inductor" if device == "cuda" else "aot_eager")
     opts = ["INPUT.TRANSFORMS", "['random_resized_crop','random_flip','randomgrayscale','gaussian_noise','normalize']"]
-    eager = DeviceAugment.from_cfg(_cfg(*opts), train=True)
-    comp = DeviceAugment.from_cfg(_cfg(*opts, "MODEL.COMPILE", "True"), train=True)
+    eager = FastPathSettings.from_cfg(_cfg(*opts)).train_augment
+    compiled = FastPathSettings.from_cfg(_cfg(*opts, "MODEL.COMPILE", "True"))
+    comp = compiled.train_augment
     assert hasattr(comp.apply, "_torchdynamo_orig_callable") and not hasattr(eager.apply, "_torchdynamo_orig_callable")
-    assert not hasattr(DeviceAugment.from_cfg(_cfg(*opts, "MODEL.COMPILE", "True"), train=False).apply,
-                       "_torchdynamo_orig_callable")  # the test transform stays eager
+    assert not hasattr(compiled.test_augment.apply, "_torchdynamo_orig_callable")  # the test transform stays eager
     colour = torch.randint(0, 256, (64, 40, 40, 3), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0)).to(device)
     gen_eager, gen_comp = torch.Generator(device).manual_seed(4), torch.Generator(device).manual_seed(4)
@@ -214,7 +215,7 @@ def test_compiled_training_augmentation_equals_eager_without_graph_breaks(compil
 def test_generator_state_replays_the_same_batch(tmp_path):
     items = _write_images(tmp_path)
     images = open_decoded_cache(items, str(tmp_path / "cache"), "toy", "train_x", 32, progress=False)
-    augment = DeviceAugment.from_cfg(_cfg(), train=True)
+    augment = FastPathSettings.from_cfg(_cfg()).train_augment
     loader = CachedLoader(images, items, build_sampler("RandomSampler", items, seed=3), 4, augment, "cpu",
                           drop_last=True, seed=5)
     state = (loader.sampler.state_dict(), loader.generator.get_state())

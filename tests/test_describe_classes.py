@@ -1,25 +1,20 @@
 """scripts/describe_classes.py against a fake OpenAI-compatible server on 127.0.0.1 (no network)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import load_script
 from datasets.classes import CANONICAL_CLASSES
 from engine.modeling.clip_backbone import token_length
 from trainers.promptemo import load_descriptions
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("describe_classes", os.path.join(ROOT, "scripts", "describe_classes.py"))
-dc = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = dc  # dataclasses look the module up
-_spec.loader.exec_module(dc)
+dc = load_script("describe_classes")
 
 KEY = "sk-test-123"
 LONG = "a face with " + " ".join(["very"] * 80) + " raised eyebrows."

@@ -13,13 +13,11 @@ import pytest
 import torch
 from clip.model import CLIP
 
-from conftest import ROOT, make_cfg
+from conftest import ROOT, load_script, make_cfg
+from engine.modeling.clip_backbone import load_clip
+from engine.trainer import build_trainer
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import pretrain_tiny_clip as P  # noqa: E402
-
-from engine.modeling.clip_backbone import load_clip  # noqa: E402
-from engine.trainer import build_trainer  # noqa: E402
+P = load_script("pretrain_tiny_clip")
 
 
 def test_contrastive_loss_by_hand():

@@ -12,7 +12,7 @@ import pytest
 
 from datasets.classes import CANONICAL_CLASSES
 from datasets.readers.affectnet import read_npy_scalar
-from engine.data.data_manager import read_image
+from engine.data.image_io import read_image
 from engine.utils.errors import UserError
 from real_layouts import (AFFECTNET_DROPPED, AFFECTNET_NATIVE, BACKGROUND_VALUE, FACE_VALUE, affectnet_box,
                           affectnet_npy_rows, affectnet_rows, make_affectnet, read_domain, write_affectnet_csv,

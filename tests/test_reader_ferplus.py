@@ -12,7 +12,7 @@ import pytest
 
 from datasets.classes import CANONICAL_CLASSES
 from datasets.readers.ferplus import argmax_winner, majority_winner
-from engine.data.data_manager import read_image
+from engine.data.image_io import read_image
 from engine.utils.errors import UserError
 from real_layouts import (FERPLUS_COLUMNS, FERPLUS_FOLDERS, FERPLUS_KEPT, ferplus_rows, kaggle_pixels, make_ferplus,
                           read_domain, write_fer2013_csv, write_ferplus)

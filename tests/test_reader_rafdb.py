@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from datasets.classes import CANONICAL_CLASSES
-from engine.data.data_manager import read_image
+from engine.data.image_io import read_image
 from engine.utils.errors import UserError
 from real_layouts import RAFDB_NATIVE, make_rafdb, rafdb_rows, read_domain, write_rafdb
 

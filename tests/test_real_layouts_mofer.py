@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-import train
+from engine import cli as train
 from conftest import ROOT
 from datasets.classes import CANONICAL_CLASSES
 from datasets.mofer import MOFER

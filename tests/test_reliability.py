@@ -135,7 +135,7 @@ def test_full_disk_while_saving_is_a_clear_error_and_keeps_the_previous_checkpoi
 
 
 def test_unwritable_output_folder_is_reported_before_training(synthetic_root, tmp_path, capsys):
-    import train
+    from engine import cli as train
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -3,7 +3,6 @@ hand-written results.json files."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import math
@@ -14,8 +13,8 @@ import types
 
 import pytest
 
-from conftest import ROOT
-from engine.evaluation import tables as T
+from conftest import ROOT, load_script
+import reporting as T
 
 CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
 SOURCES = ["ferplus", "affectnet", "oulu"]
@@ -48,16 +47,9 @@ def run_cli(*args):
     return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("results_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def cli(capsys, *args):
     """The CLI in this process (fast: no second torch import); returns (rc, stdout, stderr)."""
-    rc = _load_script().main([str(a) for a in args])
+    rc = load_script("results").main([str(a) for a in args])
     out = capsys.readouterr()
     return types.SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import ROOT, SYNTH_OPTS
+from conftest import ROOT, SYNTH_OPTS, load_script
 
 
 def _run_script(script: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -39,11 +39,7 @@ def test_promptemo_script_errors(tmp_path):
 
 
 def test_protocol_dry_run_lists_every_unfinished_run_once(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("protocol", os.path.join(ROOT, "scripts", "protocol.py"))
-    protocol = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(protocol)
+    protocol = load_script("protocol")
     out = tmp_path / "mofer"
     done = out / "rafdb" / "fear" / "CoOp" / "seed2"
     done.mkdir(parents=True)

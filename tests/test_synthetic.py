@@ -1,20 +1,18 @@
-"""Tests for datasets/synthetic.py (synthetic multi-domain FER data)."""
+"""Tests for datasets/synthetic/ (synthetic multi-domain FER data)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets import synthetic as syn  # noqa: E402
-from datasets.synthetic import (  # noqa: E402
-    CLASSNAMES,
+from datasets import synthetic as syn
+from datasets.classes import CANONICAL_CLASSES as CLASSNAMES
+from datasets.synthetic import storage
+from datasets.synthetic import (
     DOMAIN_STYLES,
     DOMAINS,
     MARKER_FILE,
@@ -140,10 +138,10 @@ def test_domains_with_same_seed_differ_and_images_do_not_depend_on_counts(tmp_pa
         np.testing.assert_array_equal(pa[k], pb[k])
     # The domain name enters the seed: same seed, other domain -> other faces
     # (compared in grey so that the colour style alone cannot make them differ).
-    x = np.asarray(render_face(0, DOMAIN_STYLES["synth_lab"], syn._image_rng(0, "synth_lab", "train", 0, 0)).convert("L"))
-    y = np.asarray(render_face(0, DOMAIN_STYLES["synth_lab"], syn._image_rng(0, "synth_color", "train", 0, 0)).convert("L"))
+    x = np.asarray(render_face(0, DOMAIN_STYLES["synth_lab"], storage._image_rng(0, "synth_lab", "train", 0, 0)).convert("L"))
+    y = np.asarray(render_face(0, DOMAIN_STYLES["synth_lab"], storage._image_rng(0, "synth_color", "train", 0, 0)).convert("L"))
     assert not np.array_equal(x, y)
-    assert syn._stable_hash("synth_lab") == syn._stable_hash("synth_lab") != syn._stable_hash("synth_color")
+    assert storage._stable_hash("synth_lab") == storage._stable_hash("synth_lab") != storage._stable_hash("synth_color")
 
 
 # ----------------------------------------------------------------------------
@@ -174,7 +172,7 @@ def test_layout_and_counts(data_root):
 def test_leftover_tmp_folder_is_not_a_domain(tmp_path):
     leftover = tmp_path / ".synth_color.tmp-123"
     (leftover / "train" / "fear").mkdir(parents=True)
-    (leftover / MARKER_FILE).write_text(json.dumps(syn._params("synth_color", 2, 1, 32, 0)))
+    (leftover / MARKER_FILE).write_text(json.dumps(storage._params("synth_color", 2, 1, 32, 0)))
     assert not is_generated(tmp_path, "synth_color", 2, 1, 32, 0)
     ensure_domains(tmp_path, ["synth_color"], 2, 1, 32, 0, progress=False)
     assert is_generated(tmp_path, "synth_color", 2, 1, 32, 0)
@@ -207,11 +205,11 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("disk full")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(syn, "render_face", flaky)
+    monkeypatch.setattr(storage, "render_face", flaky)
     with pytest.raises(RuntimeError):
         generate_domain(tmp_path, "synth_lab", 2, 1, 32, progress=False)
     assert list(tmp_path.iterdir()) == []  # neither the domain nor a temp folder
-    monkeypatch.setattr(syn, "render_face", real)
+    monkeypatch.setattr(storage, "render_face", real)
     ensure_domains(tmp_path, ["synth_lab"], 2, 1, 32, progress=False)
     assert is_generated(tmp_path, "synth_lab", 2, 1, 32, 0)
 

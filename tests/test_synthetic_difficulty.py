@@ -1,16 +1,14 @@
 """scripts/synthetic_difficulty.py: the CNN reference on the synthetic domains."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import synthetic_difficulty  # noqa: E402
+synthetic_difficulty = load_script("synthetic_difficulty")
 
 
 def test_training_learns_a_separable_problem_and_scores_each_domain_apart():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import train
+from engine import cli as train
 from conftest import ROOT, SYNTH_OPTS
 
 SYNTH_YAML = os.path.join(ROOT, "configs", "datasets", "synthetic.yaml")

@@ -1,28 +1,20 @@
 """scripts/tsne.py: the t-SNE figure of a trained run (the paper's Figure 3) and its answers to mistakes."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import train
-from conftest import ROOT, SYNTH_OPTS, SYNTH_SOURCES, SYNTH_TARGET
+from engine import cli as train
+from conftest import ROOT, SYNTH_OPTS, SYNTH_SOURCES, SYNTH_TARGET, load_script
 
 SYNTH_YAML = os.path.join(ROOT, "configs", "datasets", "synthetic.yaml")
 PE_TINY_YAML = os.path.join(ROOT, "configs", "trainers", "PromptEmo", "tiny.yaml")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("tsne_script", os.path.join(ROOT, "scripts", "tsne.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tsne = _load_script()
+tsne = load_script("tsne")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,9 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, encode_images
-from engine.modeling.clip_text import encode_sentences
 from engine.modeling.mmd import multi_source_mmd_by_domain
 from engine.optim import build_lr_scheduler, build_optimizer
-from engine.trainer import TRAINER_REGISTRY, TrainerXU
-from engine.utils.tools import compiled
-from trainers.text_head import FixedTextHead
+from engine.trainer import TRAINER_REGISTRY, CLIPTrainer, TrainerXU
 
 
 @register_config_hook
@@ -31,17 +27,14 @@ def add_baseline_config(cfg) -> None:
 
 
 @TRAINER_REGISTRY.register()
-class Baseline(FixedTextHead, TrainerXU):
+class Baseline(CLIPTrainer, TrainerXU):
     """Fine-tuned CLIP image encoder + fixed text classifier + multi-source MMD; MSP at test time."""
 
     def build_model(self) -> None:
-        cfg, c = self.cfg, self.cfg.TRAINER.BASELINE
-        classnames = [self.lab2cname[k] for k in sorted(self.lab2cname)]
-        clip_model = build_clip_for(cfg, self.device)
-        self.text_features = encode_sentences(clip_model, [c.TEMPLATE.format(n) for n in classnames], self.device)
-        self.logit_scale = clip_model.logit_scale.exp().item()
+        cfg = self.cfg
+        clip_model = self.load_clip()
+        self.class_text_features = self.fixed_text_features(clip_model, [cfg.TRAINER.BASELINE.TEMPLATE])
         self.model = clip_model.visual
-        self.encoder = compiled(self.model, cfg)
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("model", self.model, self.optim, self.sched)
@@ -50,9 +43,9 @@ class Baseline(FixedTextHead, TrainerXU):
         c = self.cfg.TRAINER.BASELINE
         input_x, label_x, input_u = self.parse_batch_train(batch_x, batch_u)
         domain_x = self.to_device(batch_x["domain"])
-        features = encode_images(self.encoder, torch.cat([input_x, input_u]), self.use_bf16)
+        features = self.encode_images(torch.cat([input_x, input_u]))
         f_s, f_t = features[: input_x.shape[0]], features[input_x.shape[0]:]
-        loss_ce = F.cross_entropy(self.logit_scale * f_s @ self.text_features.t(), label_x)
+        loss_ce = F.cross_entropy(self.class_logits(f_s), label_x)
         loss_mmd = multi_source_mmd_by_domain(f_s, domain_x, f_t, self.num_source_domains, c.MMD_MULTIPLIERS)
         loss = loss_ce + c.GAMMA * loss_mmd
         self.model_backward_and_update(loss)

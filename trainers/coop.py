@@ -8,10 +8,9 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, encode_images
 from engine.modeling.clip_text import PromptLearner, TextEncoder
 from engine.optim import build_lr_scheduler, build_optimizer
-from engine.trainer import TRAINER_REGISTRY, TrainerX
+from engine.trainer import TRAINER_REGISTRY, CLIPTrainer, TrainerX
 from engine.utils.tools import compiled
 
 
@@ -25,46 +24,28 @@ def add_coop_config(cfg) -> None:
 
 
 @TRAINER_REGISTRY.register()
-class CoOp(TrainerX):
+class CoOp(CLIPTrainer, TrainerX):
     """Prompts ``[SOS] ctx_1..ctx_n {class}. [EOS]``; only the context vectors are trained."""
 
     def build_model(self) -> None:
         cfg, c = self.cfg, self.cfg.TRAINER.COOP
-        classnames = [self.lab2cname[k] for k in sorted(self.lab2cname)]
-        clip_model = build_clip_for(cfg, self.device)
+        clip_model = self.load_clip()
         clip_model.requires_grad_(False)
-        self.image_encoder = clip_model.visual
-        self.encoder = compiled(self.image_encoder, cfg)
         self.text_encoder = compiled(TextEncoder(clip_model), cfg)
-        self.prompt_learner = PromptLearner(clip_model, [f"{n}." for n in classnames], n_ctx=c.N_CTX,
+        self.prompt_learner = PromptLearner(clip_model, [f"{n}." for n in self.classnames], n_ctx=c.N_CTX,
                                             class_specific=c.CSC, position=c.CLASS_TOKEN_POSITION,
-                                            names=classnames, init_words=c.CTX_INIT).to(self.device)
-        self.logit_scale = clip_model.logit_scale.exp().item()
+                                            names=self.classnames, init_words=c.CTX_INIT).to(self.device)
         self.optim = build_optimizer(self.prompt_learner, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("prompt_learner", self.prompt_learner, self.optim, self.sched)
 
     def text_features(self) -> torch.Tensor:
-        with self.autocast():
-            features = self.text_encoder(self.prompt_learner(), self.prompt_learner.tokenized_prompts)
-        return F.normalize(features.float(), dim=-1)
-
-    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * image_features @ self.text_features().t()
+        return self.learned_text_features(self.prompt_learner)
 
     def forward_backward(self, batch: dict) -> dict[str, torch.Tensor]:
         image, label = self.parse_batch_train(batch)
-        with torch.no_grad():  # the image encoder is frozen: no graph through it
-            features = self.image_features(image)
-        logits = self.logits(features)
+        features = self.image_features(image)  # the image encoder is frozen: no graph through it
+        logits = self.class_logits(features)
         loss = F.cross_entropy(logits, label)
         self.model_backward_and_update(loss)
         return {"loss": loss.detach(), "acc": (logits.argmax(-1) == label).float().mean() * 100}
-
-    @torch.no_grad()
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.encoder, images, self.use_bf16)
-
-    @torch.no_grad()
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.image_features(images)).softmax(dim=-1)

@@ -21,15 +21,13 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from datasets.classes import canonical_name
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for, encode_images
 from engine.modeling.clip_text import PromptLearner, TextEncoder, encode_sentences
 from engine.optim import build_lr_scheduler, build_optimizer
-from engine.trainer import TRAINER_REGISTRY, TrainerXU
+from engine.trainer import TRAINER_REGISTRY, CLIPTrainer, TrainerXU
 from engine.utils.errors import UserError
 from engine.utils.tools import compiled
 from trainers import promptemo_losses as L
@@ -103,7 +101,7 @@ class PromptEmoNet(nn.Module):
 
 
 @TRAINER_REGISTRY.register()
-class PromptEmo(TrainerXU):
+class PromptEmo(CLIPTrainer, TrainerXU):
     """Bilateral prompts, ISO (L_ESS, L_LDA) and CEI (L_PS, L_NS, L_PT, L_NT); see module docstring."""
 
     def check_cfg(self, cfg) -> None:
@@ -116,8 +114,8 @@ class PromptEmo(TrainerXU):
 
     def build_model(self) -> None:
         cfg, c = self.cfg, self.cfg.TRAINER.PROMPTEMO
-        classnames = [self.lab2cname[k] for k in sorted(self.lab2cname)]
-        clip_model = build_clip_for(cfg, self.device)
+        classnames = self.classnames
+        clip_model = self.load_clip()  # also CLIP's logit scale, frozen (s of eq. 5)
 
         template = POSITIVE_PROMPT_KINDS[c.POS_PROMPT]
         texts = [template.format(n) for n in classnames] if template else load_descriptions(c.DESCRIPTIONS, classnames)
@@ -128,14 +126,12 @@ class PromptEmo(TrainerXU):
         self.text_encoder = compiled(text_encoder, cfg)
         self.model = PromptEmoNet(clip_model.visual, prompt_learner).to(self.device)
         self.model.image_encoder.requires_grad_(bool(c.FINETUNE_VISUAL))
-        self.encoder = compiled(self.model.image_encoder, cfg)
         logger.info("Positive prompts (%s): %s", c.POS_PROMPT, texts)
 
         # Frozen encoder, fixed sentences: h_N is a constant, computed once.
         neg_sentences = [c.NEG_TEMPLATE.format(n) for n in classnames]
         self.neg_features = encode_sentences(clip_model, neg_sentences, self.device)
         self._fixed_pos_features = None if n_ctx else self.positive_features().detach()
-        self.logit_scale = clip_model.logit_scale.exp().item()  # frozen at CLIP's value
         self.neg_scale = c.NEG_SCALE if c.NEG_SCALE > 0 else self.logit_scale / 2
         self.loss_settings = L.LossSettings(
             num_sources=self.num_source_domains, logit_scale=self.logit_scale, neg_scale=self.neg_scale, tau=c.TAU,
@@ -160,10 +156,10 @@ class PromptEmo(TrainerXU):
         """h_P: the positive prompts through the frozen text encoder, normalised (K, D)."""
         if getattr(self, "_fixed_pos_features", None) is not None:
             return self._fixed_pos_features
-        learner = self.model.prompt_learner
-        with self.autocast():
-            features = self.text_encoder(learner(), learner.tokenized_prompts)
-        return F.normalize(features.float(), dim=-1)
+        return self.learned_text_features(self.model.prompt_learner)
+
+    def text_features(self) -> torch.Tensor:
+        return self.positive_features()
 
     def parse_batch_train(self, batch_x: dict, batch_u: dict):
         input_x, label_x, input_u = super().parse_batch_train(batch_x, batch_u)
@@ -171,20 +167,15 @@ class PromptEmo(TrainerXU):
 
     def forward_backward(self, batch_x: dict, batch_u: dict) -> dict[str, torch.Tensor]:
         input_x, label_x, domain_x, input_u = self.parse_batch_train(batch_x, batch_u)
-        features = encode_images(self.encoder, torch.cat([input_x, input_u]), self.use_bf16)
+        features = self.encode_images(torch.cat([input_x, input_u]))
         f_s, f_t = features[: input_x.shape[0]], features[input_x.shape[0]:]
         losses = self.step_losses(f_s, f_t, label_x, domain_x, self.positive_features(), self.neg_features,
                                   self.loss_settings)
         self.model_backward_and_update(losses["loss"])
         return {name: value.detach() for name, value in losses.items()}
 
-    @torch.no_grad()
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        return encode_images(self.encoder, images, self.use_bf16)
-
-    @torch.no_grad()
-    def model_inference(self, images: torch.Tensor) -> torch.Tensor:
-        f = self.image_features(images)
+    def class_probabilities(self, f: torch.Tensor) -> torch.Tensor:
+        """Inference: ``(P_P + P_N) / 2`` of the image features ``f`` (``P_P`` alone without negative prompts)."""
         pos = L.positive_logits(f, self.positive_features(), self.logit_scale)
         neg = L.negative_logits(f, self.neg_features, self.neg_scale) if self.cfg.TRAINER.PROMPTEMO.USE_NEG else None
         return L.inference_probs(pos, neg)

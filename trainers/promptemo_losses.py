@@ -1,6 +1,6 @@
 """PromptEmo's predictions and losses, one function per equation of the paper.
 
-Notation (METHOD.md): ``f`` image features, ``h_p`` positive and ``h_n`` negative prompt features,
+Notation (the paper's): ``f`` image features, ``h_p`` positive and ``h_n`` negative prompt features,
 all L2-normalised; ``s`` is CLIP's logit scale (100). Functions return *logits*; the paper's
 probabilities are their softmax. Source batches mix the M sources: ``domains`` gives each sample's
 source index.

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import torch
-import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.clip_backbone import build_clip_for
-from engine.modeling.clip_text import encode_sentences
-from engine.trainer import TRAINER_REGISTRY, TrainerX
-from engine.utils.tools import compiled
-from trainers.text_head import FixedTextHead
+from engine.trainer import TRAINER_REGISTRY, CLIPTrainer, TrainerX
 
 logger = logging.getLogger(__name__)
 
@@ -26,19 +20,12 @@ def add_zsclip_config(cfg) -> None:
 
 
 @TRAINER_REGISTRY.register()
-class ZSCLIP(FixedTextHead, TrainerX):
+class ZSCLIP(CLIPTrainer, TrainerX):
     """CLIP as released, prompted with ``TRAINER.ZSCLIP.TEMPLATES`` over the seen classes."""
 
     def build_model(self) -> None:
-        cfg = self.cfg
-        self.clip_model = build_clip_for(cfg, self.device).eval()
-        self.encoder = compiled(self.clip_model.visual, cfg)
-        features = torch.stack([
-            encode_sentences(self.clip_model, [t.format(c) for c in self.lab2cname.values()], self.device)
-            for t in cfg.TRAINER.ZSCLIP.TEMPLATES
-        ]).mean(0)
-        self.text_features = F.normalize(features, dim=-1)
-        self.logit_scale = self.clip_model.logit_scale.exp().item()
+        clip_model = self.load_clip()
+        self.class_text_features = self.fixed_text_features(clip_model, self.cfg.TRAINER.ZSCLIP.TEMPLATES)
 
     def train(self) -> None:
         logger.info("ZSCLIP has nothing to train: evaluating")

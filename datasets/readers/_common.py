@@ -31,7 +31,7 @@ def require_domain_dir(reader: DomainReader, title: str, holding: str) -> str:
     path = reader.domain_dir
     if not osp.isdir(path):
         key = f"DATASET.{reader.name.upper()}.DIR"
-        overridden = reader.options is not None and reader.options.get("DIR", "")
+        overridden = bool(reader.dir_override)
         where = f"{path} (from {key})" if overridden else path
         remedy = f"correct {key}" if overridden else f"put the dataset there or set {key} to where it is"
         raise UserError(f"dataset '{reader.name}' ({title}) not found: expected the folder {where} holding {holding}; "

@@ -46,7 +46,6 @@ from datasets.classes import CANONICAL_CLASSES
 from datasets.readers._common import (check_header, check_splits, checked_choice, line_error, log_dropped,
                                       parse_int, require_domain_dir, require_file, require_subdir, sorted_frames)
 from datasets.readers.base import DOMAIN_REGISTRY, DomainReader, DomainSplits, Item
-from engine.config import CfgNode, register_config_hook
 from engine.utils.errors import UserError
 from engine.utils.tools import atomic_write_bytes
 
@@ -64,19 +63,6 @@ NATIVE_TO_CANONICAL = {0: 6, 1: 3, 2: 4, 3: 0, 4: 1, 5: 2, 6: 5}
 DROPPED_CODES = {7: "contempt", 8: "none", 9: "uncertain", 10: "non-face"}
 RELEASES = ("auto", "csv", "npy")
 CAP_LIST_FILE = "affectnet_train_cap.txt"
-
-
-@register_config_hook
-def add_affectnet_config(cfg: CfgNode) -> None:
-    cfg.DATASET.AFFECTNET = CfgNode()
-    # Folder holding the release ("" = DATASET.ROOT/affectnet)
-    cfg.DATASET.AFFECTNET.DIR = ""
-    # "auto" (recognise it), "csv" (file lists + face boxes) or "npy" (train_set/ val_set/ with *_exp.npy)
-    cfg.DATASET.AFFECTNET.RELEASE = "auto"
-    # At most this many training images per class (0 = all, as the paper); the test set is never capped
-    cfg.DATASET.AFFECTNET.TRAIN_CAP_PER_CLASS = 0
-    # Seed of the capped draw
-    cfg.DATASET.AFFECTNET.CAP_SEED = 0
 
 
 def _code_error(code: int) -> str:
@@ -211,6 +197,16 @@ def save_cap_list(items: list[Item], domain_dir: str, output_dir: str, cap: int,
 @DOMAIN_REGISTRY.register(name="affectnet")
 class AffectNet(DomainReader):
     """AffectNet in either release (see module docstring)."""
+
+    # DATASET.AFFECTNET.* (DIR: the folder holding the release)
+    config_keys = {
+        # "auto" (recognise it), "csv" (file lists + face boxes) or "npy" (train_set/ val_set/ with *_exp.npy)
+        "RELEASE": "auto",
+        # At most this many training images per class (0 = all, as the paper); the test set is never capped
+        "TRAIN_CAP_PER_CLASS": 0,
+        # Seed of the capped draw
+        "CAP_SEED": 0,
+    }
 
     def read(self) -> DomainSplits:
         opts = self.cfg.DATASET.AFFECTNET

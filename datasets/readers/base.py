@@ -4,9 +4,9 @@ A reader is registered under the domain name users write in ``DATASET.SOURCE_DOM
 ``TARGET_DOMAINS``. A name no reader claims falls back to the generic folder reader when
 ``<DATASET.ROOT>/<name>`` is a folder, so users can add their own data without code.
 
-A domain lives at ``<DATASET.ROOT>/<name>``. A reader may declare its own config node
-``DATASET.<NAME>`` (upper-cased domain name) in a config hook; when that node has a non-empty ``DIR``
-the domain is read from there instead (``DATASET.RAFDB.DIR /data/RAF-DB``).
+A domain lives at ``<DATASET.ROOT>/<name>``. A reader that declares :attr:`DomainReader.config_keys` gets
+its own config node ``DATASET.<NAME>`` (upper-cased domain name): those keys and ``DIR``; when ``DIR`` is
+set the domain is read from there instead (``DATASET.RAFDB.DIR /data/RAF-DB``).
 
 General keys every reader of listed files honours: ``DATASET.SKIP_MISSING_IMAGES`` (skip images a
 label file lists but the disk lacks, with a warning, rather than stop) and ``DATASET.VERIFY_IMAGES``
@@ -16,22 +16,26 @@ from __future__ import annotations
 
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from engine.config import CfgNode, register_config_hook
 from engine.registry import Registry
-from engine.utils.errors import UserError
 
 DOMAIN_REGISTRY = Registry("DOMAIN READER")
 
 
 @register_config_hook
 def add_reader_config(cfg: CfgNode) -> None:
+    """The keys every reader honours, and each registered reader's ``DATASET.<NAME>`` node."""
     # Images a label file lists but the disk lacks: False = stop with an error naming them,
     # True = skip them with a warning (with VERIFY_IMAGES, undecodable images are skipped too)
     cfg.DATASET.SKIP_MISSING_IMAGES = False
     # Decode every listed image once when the domain is read (slow on large sets; try it with --no-train)
     cfg.DATASET.VERIFY_IMAGES = False
+    for name, reader in DOMAIN_REGISTRY:
+        if reader.config_keys is not None:
+            # DIR: the domain's folder ("" = DATASET.ROOT/<name>)
+            cfg.DATASET[name.upper()] = CfgNode({"DIR": "", **reader.config_keys})
 
 
 class Item(NamedTuple):
@@ -53,7 +57,13 @@ class DomainSplits:
 
 
 class DomainReader:
-    """Base class. Subclasses implement :meth:`read`; ``self.domain_dir`` is where the data lives."""
+    """Base class. Subclasses implement :meth:`read`; ``self.domain_dir`` is where the data lives.
+
+    ``config_keys``: the reader's own settings with their defaults (``{"IMAGE_VARIANT": "aligned"}``), which
+    become ``DATASET.<NAME>.*`` beside ``DIR``; ``None`` (the default): no node of its own.
+    """
+
+    config_keys: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, cfg, name: str, root: str) -> None:
         self.cfg = cfg
@@ -67,23 +77,15 @@ class DomainReader:
         return node if isinstance(node, CfgNode) else None
 
     @property
+    def dir_override(self) -> str:
+        """``DATASET.<NAME>.DIR`` when the reader has a node of its own and it is set, else ""."""
+        return self.options.get("DIR", "") if self.options is not None else ""
+
+    @property
     def domain_dir(self) -> str:
-        """``DATASET.<NAME>.DIR`` when the reader declares it and it is set, else ``<root>/<name>``."""
-        override = self.options.get("DIR", "") if self.options is not None else ""
+        """``DATASET.<NAME>.DIR`` when it is set, else ``<root>/<name>``."""
+        override = self.dir_override
         return osp.expanduser(override) if override else osp.join(self.root, self.name)
 
     def read(self) -> DomainSplits:
         raise NotImplementedError
-
-
-def build_domain_reader(cfg, name: str) -> DomainReader:
-    """The reader registered under ``name``, else the folder reader for ``<ROOT>/<name>``."""
-    from datasets.readers.folder import FolderDomain
-
-    root = cfg.DATASET.ROOT
-    if name in DOMAIN_REGISTRY:
-        return DOMAIN_REGISTRY.get(name)(cfg, name, root)
-    if osp.isdir(osp.join(root, name)):
-        return FolderDomain(cfg, name, root)
-    raise UserError(f"unknown domain '{name}': no reader is registered under that name "
-                    f"({', '.join(DOMAIN_REGISTRY.registered_names())}) and there is no folder {osp.join(root, name)}")

@@ -46,7 +46,6 @@ from datasets.classes import CANONICAL_CLASSES
 from datasets.readers._common import (check_header, check_splits, checked_choice, line_error, log_dropped,
                                       parse_int, require_domain_dir, require_file, require_subdir)
 from datasets.readers.base import DOMAIN_REGISTRY, DomainReader, DomainSplits, Item
-from engine.config import CfgNode, register_config_hook
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -65,19 +64,6 @@ IMAGE_SIDE = 48
 LABEL_RULES = ("argmax", "majority")
 TIE_BREAKS = ("drop", "first")
 IMAGE_SOURCES = ("auto", "folders", "fer2013csv")
-
-
-@register_config_hook
-def add_ferplus_config(cfg: CfgNode) -> None:
-    cfg.DATASET.FERPLUS = CfgNode()
-    # Folder holding fer2013new.csv ("" = DATASET.ROOT/ferplus)
-    cfg.DATASET.FERPLUS.DIR = ""
-    # "argmax" (most votes) or "majority" (Microsoft's rule: > half of the votes left after removing single votes)
-    cfg.DATASET.FERPLUS.LABEL_RULE = "argmax"
-    # argmax ties: "drop" the image, or "first" = the first tied column in the CSV's order
-    cfg.DATASET.FERPLUS.TIE_BREAK = "drop"
-    # "auto" (Microsoft's folders if present, else images made from fer2013.csv), "folders" or "fer2013csv"
-    cfg.DATASET.FERPLUS.IMAGE_SOURCE = "auto"
 
 
 @dataclass(frozen=True)
@@ -207,6 +193,16 @@ def _parse_pixels(text: str, path: str, lineno: int) -> np.ndarray:
 @DOMAIN_REGISTRY.register(name="ferplus")
 class FERPlus(DomainReader):
     """FERPlus with Microsoft's folders or images made from fer2013.csv (see module docstring)."""
+
+    # DATASET.FERPLUS.* (DIR: the folder holding fer2013new.csv)
+    config_keys = {
+        # "argmax" (most votes) or "majority" (Microsoft's rule: > half of the votes left after removing single votes)
+        "LABEL_RULE": "argmax",
+        # argmax ties: "drop" the image, or "first" = the first tied column in the CSV's order
+        "TIE_BREAK": "drop",
+        # "auto" (Microsoft's folders if present, else images made from fer2013.csv), "folders" or "fer2013csv"
+        "IMAGE_SOURCE": "auto",
+    }
 
     def read(self) -> DomainSplits:
         opts = self.cfg.DATASET.FERPLUS

@@ -16,12 +16,21 @@ import numpy as np
 
 from datasets.classes import CANONICAL_CLASSES, KNOWN_OTHER_EXPRESSIONS, canonical_name
 from datasets.readers.base import DomainReader, DomainSplits, Item
+from engine.config import CfgNode, register_config_hook
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SPLIT_DIRS = ("train", "test", "val")
+
+
+@register_config_hook
+def add_folder_config(cfg: CfgNode) -> None:
+    """``DATASET.FOLDER.*``: the split of folder domains that have no train/test sub-folders."""
+    cfg.DATASET.FOLDER = CfgNode()
+    cfg.DATASET.FOLDER.TEST_FRACTION = 0.2
+    cfg.DATASET.FOLDER.SPLIT_SEED = 0
 
 
 def _list_images(folder: str) -> list[str]:

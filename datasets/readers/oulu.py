@@ -30,7 +30,6 @@ import os.path as osp
 from datasets.classes import CANONICAL_CLASSES, canonical_name
 from datasets.readers._common import check_splits, require_domain_dir, require_subdir, sorted_frames
 from datasets.readers.base import DOMAIN_REGISTRY, DomainReader, DomainSplits, Item
-from engine.config import CfgNode, register_config_hook
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -38,19 +37,6 @@ logger = logging.getLogger(__name__)
 EXPRESSION_FOLDERS = ("Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise")
 FRAME_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
 NEUTRAL = CANONICAL_CLASSES.index("neutral")
-
-
-@register_config_hook
-def add_oulu_config(cfg: CfgNode) -> None:
-    cfg.DATASET.OULU = CfgNode()
-    # Folder holding VL/ ("" = DATASET.ROOT/oulu); point it at a copy of the layout with face crops
-    cfg.DATASET.OULU.DIR = ""
-    # Part of the database read: <imaging system>/<illumination>
-    cfg.DATASET.OULU.SUBSET = "VL/Strong"
-    # Frames at the end of each sequence labelled with its expression
-    cfg.DATASET.OULU.N_LAST_FRAMES = 3
-    # Frames at the start of each sequence labelled neutral (0 = no neutral class)
-    cfg.DATASET.OULU.N_NEUTRAL_FRAMES = 1
 
 
 def expression_label(folder: str, path: str) -> int:
@@ -93,6 +79,16 @@ def _subfolders(path: str) -> list[str]:
 @DOMAIN_REGISTRY.register(name="oulu")
 class OuluCASIA(DomainReader):
     """Oulu-CASIA sequences as labelled frames (see module docstring)."""
+
+    # DATASET.OULU.* (DIR: the folder holding VL/; point it at a copy of the layout with face crops)
+    config_keys = {
+        # Part of the database read: <imaging system>/<illumination>
+        "SUBSET": "VL/Strong",
+        # Frames at the end of each sequence labelled with its expression
+        "N_LAST_FRAMES": 3,
+        # Frames at the start of each sequence labelled neutral (0 = no neutral class)
+        "N_NEUTRAL_FRAMES": 1,
+    }
 
     def read(self) -> DomainSplits:
         opts = self.cfg.DATASET.OULU

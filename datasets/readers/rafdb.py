@@ -17,21 +17,11 @@ import os.path as osp
 from datasets.readers._common import (check_splits, checked_choice, line_error, parse_int, require_domain_dir,
                                       require_file, require_subdir)
 from datasets.readers.base import DOMAIN_REGISTRY, DomainReader, DomainSplits, Item
-from engine.config import CfgNode, register_config_hook
 
 LABEL_FILE = osp.join("basic", "EmoLabel", "list_patition_label.txt")  # sic: the release's spelling
 IMAGE_VARIANTS = ("aligned", "original")
 NATIVE_CODES = range(1, 8)
 SPLIT_PREFIXES = {"train_": "train", "test_": "test"}
-
-
-@register_config_hook
-def add_rafdb_config(cfg: CfgNode) -> None:
-    cfg.DATASET.RAFDB = CfgNode()
-    # Folder holding basic/ ("" = DATASET.ROOT/rafdb)
-    cfg.DATASET.RAFDB.DIR = ""
-    # "aligned" (100x100 aligned faces, basic/Image/aligned) or "original" (basic/Image/original)
-    cfg.DATASET.RAFDB.IMAGE_VARIANT = "aligned"
 
 
 def image_name(name: str, variant: str) -> str:
@@ -61,6 +51,11 @@ def parse_label_line(line: str, path: str, lineno: int) -> tuple[str, str, int] 
 @DOMAIN_REGISTRY.register(name="rafdb")
 class RAFDB(DomainReader):
     """RAF-DB basic: train/test from the label file, aligned (or original) images."""
+
+    # DATASET.RAFDB.* (DIR: the folder holding basic/)
+    config_keys = {
+        "IMAGE_VARIANT": "aligned",  # "aligned" (100x100 aligned faces, basic/Image/aligned) or "original"
+    }
 
     def read(self) -> DomainSplits:
         root = require_domain_dir(self, "RAF-DB basic", LABEL_FILE)

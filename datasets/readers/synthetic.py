@@ -5,7 +5,18 @@ from __future__ import annotations
 from datasets import synthetic
 from datasets.readers.base import DOMAIN_REGISTRY, DomainSplits
 from datasets.readers.folder import FolderDomain
+from engine.config import CfgNode, register_config_hook
 from engine.utils.errors import UserError
+
+
+@register_config_hook
+def add_synthetic_config(cfg: CfgNode) -> None:
+    """``DATASET.SYNTHETIC.*``: how the synthetic domains are generated (shared by all four)."""
+    cfg.DATASET.SYNTHETIC = CfgNode()
+    cfg.DATASET.SYNTHETIC.N_TRAIN_PER_CLASS = 40
+    cfg.DATASET.SYNTHETIC.N_TEST_PER_CLASS = 20
+    cfg.DATASET.SYNTHETIC.SIZE = 64  # image side in pixels
+    cfg.DATASET.SYNTHETIC.SEED = 0
 
 
 class SyntheticDomain(FolderDomain):

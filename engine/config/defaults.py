@@ -1,12 +1,12 @@
 """Default configuration, with Dassl's key names wherever Dassl has the concept.
 
-Keys this project adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATASET.SYNTHETIC.*``,
-``DATASET.FOLDER.*``, ``DATALOADER.DOMAIN_EPOCH``, ``CUDNN_BENCHMARK``, ``MODEL.BACKBONE.DOWNLOAD_ROOT``,
-``MODEL.COMPILE``, ``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``MODEL.CLS_ONLY_LAST_BLOCK``,
-``OPTIM.FUSED``, ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``,
-``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``; readers and the decoded-image cache add theirs through
-config hooks. Method keys (``TRAINER.<METHOD>.*``) are added by each trainer's config hook (see
-:func:`engine.config.extend_cfg`).
+Keys this engine adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATALOADER.DOMAIN_EPOCH``,
+``DATALOADER.CACHE.*`` (the fast data path, :mod:`engine.data.fast.settings`), ``CUDNN_BENCHMARK``,
+``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.COMPILE``, ``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``,
+``MODEL.CLS_ONLY_LAST_BLOCK``, ``OPTIM.FUSED``, ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``,
+``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``. Method keys
+(``TRAINER.<METHOD>.*``) and dataset keys (``DATASET.<READER>.*``...) are added by config hooks of the
+packages that define them (see :func:`engine.config.extend_cfg`).
 
 Defaults that differ from Dassl, and why:
 - ``INPUT.PIXEL_MEAN/STD`` default to CLIP's statistics because every trainer here is CLIP-based.
@@ -77,19 +77,8 @@ _C.DATASET.NAME = ""
 # List of source/target domains' names (strings)
 _C.DATASET.SOURCE_DOMAINS = ()
 _C.DATASET.TARGET_DOMAINS = ()
-# Open set: expression classes held out of every source (names; aliases accepted)
+# Open set: classes held out of training (names, read by open-set datasets; aliases as the dataset accepts)
 _C.DATASET.UNSEEN_CLASSES = ()
-# Synthetic domains (datasets/synthetic.py): generated under ROOT when missing
-_C.DATASET.SYNTHETIC = CN()
-_C.DATASET.SYNTHETIC.N_TRAIN_PER_CLASS = 40
-_C.DATASET.SYNTHETIC.N_TEST_PER_CLASS = 20
-_C.DATASET.SYNTHETIC.SIZE = 64
-_C.DATASET.SYNTHETIC.SEED = 0
-# Generic folder domains <ROOT>/<domain>/[train|test/]<class>/*.jpg
-_C.DATASET.FOLDER = CN()
-# Used only when a folder domain has no train/test sub-folders
-_C.DATASET.FOLDER.TEST_FRACTION = 0.2
-_C.DATASET.FOLDER.SPLIT_SEED = 0
 
 ###########################
 # Dataloader
@@ -123,6 +112,16 @@ _C.DATALOADER.TRAIN_U.N_INS = 16
 _C.DATALOADER.TEST = CN()
 _C.DATALOADER.TEST.SAMPLER = "SequentialSampler"
 _C.DATALOADER.TEST.BATCH_SIZE = 32
+# The fast data path: decoded-image caches and augmentation on the device (see engine/data/fast/settings.py)
+_C.DATALOADER.CACHE = CN()
+_C.DATALOADER.CACHE.ENABLED = False
+_C.DATALOADER.CACHE.DIR = "~/.cache/promptemo/decoded"
+# Cached side in pixels; 0 = max(INPUT.SIZE)
+_C.DATALOADER.CACHE.SIZE = 0
+# Keep the whole uint8 array on the training device (N x S x S x 3 bytes)
+_C.DATALOADER.CACHE.ON_DEVICE = False
+# Processes decoding a split; -1 = DATALOADER.NUM_WORKERS
+_C.DATALOADER.CACHE.NUM_WORKERS = -1
 
 ###########################
 # Model
@@ -136,15 +135,15 @@ _C.MODEL.BACKBONE.NAME = "ViT-B/32"
 _C.MODEL.BACKBONE.PRETRAINED = True
 # Where OpenAI names are downloaded to and looked up ("" = ~/.cache/clip, as clip.load does)
 _C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
-# torch.compile the image and text encoders, PromptEmo's losses and the training augmentation of the
-# decoded-image cache (faster steps on GPUs after a one-off compilation; see engine/utils/tools.compiled)
+# torch.compile what trainers pass through engine.utils.tools.compiled (encoders, losses) and the fast path's
+# training augmentation (faster steps on GPUs after a one-off compilation)
 _C.MODEL.COMPILE = False
 # torch.compile's mode: default, max-autotune-no-cudagraphs, or (GPUs) reduce-overhead / max-autotune,
-# which also replay the encoders and the losses as CUDA graphs: a whole graph in one launch, for steps
-# whose pace is set by the host's kernel launches. Not measured on a GPU yet; see engine/utils/tools.compiled.
+# which also replay the compiled encoders and losses as CUDA graphs: a whole graph in one launch, for steps
+# whose pace is set by the host's kernel launches (see engine/utils/tools.compiled)
 _C.MODEL.COMPILE_MODE = "default"
 # Compute a ViT's patch embedding as one matrix product instead of a convolution (same weights and result;
-# see engine/modeling/clip_backbone.py). Off until measured faster on a GPU.
+# see engine/modeling/clip_backbone.py and docs/performance.md)
 _C.MODEL.PATCH_EMBED_MATMUL = False
 # In a ViT's last block, compute the class token's output only (the image feature; the other tokens' outputs
 # there are discarded): the same feature, parameters and checkpoint keys, less work (see clip_backbone.py)
@@ -219,14 +218,15 @@ _C.TEST = CN()
 _C.TEST.EVALUATOR = "OpenSet"
 # Number of thresholds of the DAML dynamic-threshold grid
 _C.TEST.NUM_THRESHOLDS = 10
-# Also write per-sample probabilities, labels and domains to OUTPUT_DIR/predictions.npz
+# Also write the test split's per-sample probabilities, labels, unseen flags and the class names to
+# OUTPUT_DIR/predictions.npz
 _C.TEST.SAVE_PREDICTIONS = False
 _C.TEST.NO_TEST = False
 # Use test or val set for FINAL evaluation
 _C.TEST.SPLIT = "test"
-# Which model to test after training (last_step or best_val)
-# If best_val, evaluation is done every epoch (if val data
-# is unavailable, test data will be used)
+# Which model to test after training: last_step, or best_val (evaluated on the val split after every
+# epoch, the best one kept; a dataset without a val split is an error, as selecting on the test split
+# would use its labels)
 _C.TEST.FINAL_MODEL = "last_step"
 
 ###########################

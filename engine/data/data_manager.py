@@ -10,29 +10,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset
 
-from engine.data.datasets import DatasetBase, Datum, build_dataset
+from engine.data.datasets import DatasetBase, Datum, SplitInfo, build_dataset, split_info_of
+from engine.data.fast import FastPathSettings, build_cached_loader
+from engine.data.image_io import read_image
 from engine.data.samplers import build_sampler
 from engine.data.transforms import build_transform
 from engine.utils import distributed
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
-
-
-def read_image(path: str, crop: tuple[int, int, int, int] | None = None) -> Image.Image:
-    """Open an image file fully (so a truncated file fails here, with its name), optionally cropped."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.crop(crop) if crop is not None else img.copy()
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except OSError as e:
-        raise UserError(f"cannot read image {path}: {e}") from None
 
 
 class DatasetWrapper(Dataset):
@@ -104,20 +93,15 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _cache_enabled(cfg) -> bool:
-    # DATALOADER.CACHE.* come from a config hook (engine/data/cache.py): a config made without
-    # extend_cfg lacks them and means the PIL path.
-    return bool(cfg.DATALOADER.get("CACHE", {}).get("ENABLED", False))
-
-
 def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batch_size: int = 64,
                       n_domain: int = 0, tfm: Callable | None = None, is_train: bool = True,
                       dataset_wrapper: type[Dataset] | None = None, seed: int = 0, split: str = "data",
-                      cache_groups: list[tuple[str, Sequence]] | None = None):
+                      cache_groups: list[tuple[str, Sequence]] | None = None, fast: FastPathSettings | None = None):
     """A DataLoader over ``data_source`` with a named sampler (Dassl's ``build_data_loader``), or with
     ``DATALOADER.CACHE.ENABLED`` a ``CachedLoader`` with the same sampler, batches and ``drop_last``
     (``split`` names its cache; ``cache_groups``, from :meth:`DatasetBase.cache_groups`, the shared
-    caches that hold its images instead)."""
+    caches that hold its images instead). ``fast``: the fast path's settings, read from ``cfg`` when not
+    given (a data manager reads them once for all its loaders)."""
     # Under torchrun the sampler yields this rank's share of the global order and a training batch
     # is this rank's share of the global batch (engine.utils.distributed).
     sampler = build_sampler(sampler_type, data_source, batch_size=batch_size, n_domain=n_domain,
@@ -126,14 +110,11 @@ def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batc
     drop_last = is_train and len(data_source) >= batch_size
     if is_train:
         batch_size = distributed.shard_batch_size(batch_size)
-    if _cache_enabled(cfg):
+    if cfg.DATALOADER.CACHE.ENABLED:
         if dataset_wrapper is not None:
             raise UserError("a custom dataset wrapper needs the PIL path: set DATALOADER.CACHE.ENABLED False")
-        # Imported here: engine.data.cache imports read_image from this module.
-        from engine.data.cached_loader import build_cached_loader
-
-        return build_cached_loader(cfg, sampler, data_source, batch_size, is_train, drop_last, split, seed=seed,
-                                   groups=cache_groups)
+        return build_cached_loader(fast or FastPathSettings.from_cfg(cfg), sampler, data_source, batch_size, is_train,
+                                   drop_last, split, seed=seed, groups=cache_groups)
     wrapper = dataset_wrapper or DatasetWrapper
     num_workers = cfg.DATALOADER.NUM_WORKERS
     # Augmentation is seeded per sample (DatasetWrapper); this generator only seeds the workers' own
@@ -158,8 +139,11 @@ class DataManager:
     def __init__(self, cfg, custom_tfm_train: Callable | None = None, custom_tfm_test: Callable | None = None,
                  dataset_wrapper: type[Dataset] | None = None, dataset: DatasetBase | None = None) -> None:
         dataset = dataset if dataset is not None else build_dataset(cfg)
-        if _cache_enabled(cfg) and (custom_tfm_train or custom_tfm_test):
-            raise UserError("custom transforms need the PIL path: set DATALOADER.CACHE.ENABLED False")
+        fast = None
+        if cfg.DATALOADER.CACHE.ENABLED:
+            if custom_tfm_train or custom_tfm_test:
+                raise UserError("custom transforms need the PIL path: set DATALOADER.CACHE.ENABLED False")
+            fast = FastPathSettings.from_cfg(cfg)
         tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
         if not dataset.train_x and not dataset.test:
@@ -175,7 +159,7 @@ class DataManager:
             self.train_loader_x = build_data_loader(
                 cfg, loader_cfg.TRAIN_X.SAMPLER, dataset.train_x, loader_cfg.TRAIN_X.BATCH_SIZE,
                 loader_cfg.TRAIN_X.N_DOMAIN, tfm_train, True, dataset_wrapper, seed=seed, split="train_x",
-                cache_groups=groups("train_x"))
+                cache_groups=groups("train_x"), fast=fast)
 
         self.train_loader_u = None
         if dataset.train_u:
@@ -184,22 +168,26 @@ class DataManager:
             sampler_u = "RandomSampler" if u_cfg.SAMPLER == "RandomDomainSampler" else u_cfg.SAMPLER
             self.train_loader_u = build_data_loader(
                 cfg, sampler_u, dataset.train_u, u_cfg.BATCH_SIZE, u_cfg.N_DOMAIN, tfm_train, True,
-                dataset_wrapper, seed=seed + 1 if seed >= 0 else seed, split="train_u", cache_groups=groups("train_u"))
+                dataset_wrapper, seed=seed + 1 if seed >= 0 else seed, split="train_u", cache_groups=groups("train_u"),
+                fast=fast)
 
         self.val_loader = None
         if dataset.val:
             self.val_loader = build_data_loader(
                 cfg, loader_cfg.TEST.SAMPLER, dataset.val, loader_cfg.TEST.BATCH_SIZE, tfm=tfm_test,
-                is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="val", cache_groups=groups("val"))
+                is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="val", cache_groups=groups("val"),
+                fast=fast)
 
         self.test_loader = build_data_loader(
             cfg, loader_cfg.TEST.SAMPLER, dataset.test or [], loader_cfg.TEST.BATCH_SIZE, tfm=tfm_test,
-            is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="test", cache_groups=groups("test"))
+            is_train=False, dataset_wrapper=dataset_wrapper, seed=seed, split="test", cache_groups=groups("test"),
+            fast=fast)
 
         self._num_classes = dataset.num_classes
         self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
         self._lab2cname = dataset.lab2cname
         self.dataset = dataset
+        self.split_info: SplitInfo = split_info_of(dataset, cfg)
         self.tfm_train = tfm_train
         self.tfm_test = tfm_test
         if cfg.VERBOSE:

@@ -10,6 +10,8 @@ the raw image, which only works when every image already has the input size; FER
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
@@ -41,22 +43,27 @@ class GaussianNoise:
         return f"{self.__class__.__name__}(mean={self.mean}, std={self.std})"
 
 
-def _check(cfg, choices) -> None:
+def check_transform_names(choices: Sequence[str]) -> None:
+    """A :class:`UserError` naming the unknown entries of ``INPUT.TRANSFORMS``, if any."""
     unknown = [c for c in choices if c not in AVAILABLE_TRANSFORMS]
     if unknown:
         raise UserError(f"unknown transform(s) {', '.join(unknown)} in INPUT.TRANSFORMS; "
                         f"available: {', '.join(AVAILABLE_TRANSFORMS)}")
-    if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
-        raise UserError(f"INPUT.INTERPOLATION must be one of {', '.join(INTERPOLATION_MODES)}, "
-                        f"got '{cfg.INPUT.INTERPOLATION}'")
 
 
-def build_transform(cfg, is_train: bool = True, choices: list[str] | tuple[str, ...] | None = None):
+def check_interpolation(name: str) -> None:
+    """A :class:`UserError` unless ``INPUT.INTERPOLATION`` names a supported mode."""
+    if name not in INTERPOLATION_MODES:
+        raise UserError(f"INPUT.INTERPOLATION must be one of {', '.join(INTERPOLATION_MODES)}, got '{name}'")
+
+
+def build_transform(cfg, is_train: bool = True, choices: Sequence[str] | None = None):
     """Compose the train or test transform; ``None`` when ``INPUT.NO_TRANSFORM``."""
     if cfg.INPUT.NO_TRANSFORM:
         return None
     choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
-    _check(cfg, choices)
+    check_transform_names(choices)
+    check_interpolation(cfg.INPUT.INTERPOLATION)
     size = tuple(cfg.INPUT.SIZE)
     interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
     normalize = T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)

@@ -1,7 +1,7 @@
-"""Open-set recognition metrics for one evaluation run.
+"""Open-set recognition metrics for one evaluation run, and the registry of the metrics every
+evaluation reports.
 
-Everything here is pure numpy (plus sklearn for AUROC/AUPR) and works on
-per-sample arrays:
+The metric functions are pure numpy (plus sklearn for AUROC/AUPR) and work on per-sample arrays:
 
 * ``probs``  -- (N, K) seen-class probabilities; ``conf = probs.max(1)``,
   ``pred = probs.argmax(1)``.
@@ -12,17 +12,29 @@ per-sample arrays:
 The unseen score is ``1 - conf`` and unseen samples are the *positive* class
 for AUROC, AUPR and FPR@TPR. Functions return fractions in [0, 1];
 :func:`open_set_metrics` converts everything to percent.
+
+Every evaluation reports the metrics registered with :func:`register_metric`, in registration order,
+then the recall of each seen class. Each is a function of :class:`OpenSetOutputs`, which derives the
+predictions, the unseen score and the DAML threshold grid once for all of them::
+
+    @register_metric("acc_s_at_90", "known accuracy at 90% unseen recall (%), higher is better")
+    def acc_s_at_90(o: OpenSetOutputs) -> float: ...   # a fraction in [0, 1], NaN where undefined
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Callable
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
     "METRIC_DESCRIPTIONS",
+    "OpenSetOutputs",
+    "register_metric",
     "auroc_unseen",
     "aupr_unseen",
     "fpr_at_tpr",
@@ -34,17 +46,8 @@ __all__ = [
     "open_set_metrics",
 ]
 
+# name -> what it is and which way is better: the per-class recalls', then each registered metric's
 METRIC_DESCRIPTIONS: dict[str, str] = {
-    "auc_u": "AUROC of unseen-vs-seen detection with score 1 - max prob (%), higher is better",
-    "acc_s": "closed-set accuracy on seen samples, no rejection (ACC-S, %), higher is better",
-    "mcr": "mean class recall over seen classes that have test samples (%), higher is better",
-    "h_best": "best harmonic mean of known accuracy and unseen recall over the DAML threshold grid (%), higher is better",
-    "h_mean": "mean of H over the DAML threshold grid (%), higher is better",
-    "acc_s_at_best": "known accuracy (accepted and correct / seen) at the h_best threshold (%), higher is better",
-    "unseen_recall_at_best": "fraction of unseen samples rejected at the h_best threshold (%), higher is better",
-    "fpr95": "fraction of seen samples flagged as unseen at 95% unseen recall (FPR@95, %), lower is better",
-    "aupr_u": "average precision of unseen detection, unseen = positive (%), higher is better",
-    "oscr": "open-set classification rate: area under correct-classification vs. false-positive curve (%), higher is better",
     "acc_class_<k>": "recall of seen class k (%), NaN if the class has no test sample, higher is better",
 }
 
@@ -88,6 +91,15 @@ def _both_present(unseen: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- #
 # detection metrics (score = 1 - conf, unseen = positive)
 # --------------------------------------------------------------------------- #
+def _detection(metric: Callable[[np.ndarray, np.ndarray], float], unseen, score) -> float:
+    """``metric(unseen, score)`` after checking the inputs; NaN unless both seen and unseen samples exist."""
+    unseen = _as_mask(unseen)
+    score = _as_scores("score", score, unseen.shape[0])
+    if not _both_present(unseen):
+        return math.nan
+    return float(metric(unseen, score))
+
+
 def auroc_unseen(unseen: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve for detecting unseen samples; higher is better.
 
@@ -104,11 +116,7 @@ def auroc_unseen(unseen: np.ndarray, score: np.ndarray) -> float:
     float
         AUROC in [0, 1]; NaN if only seen or only unseen samples are present.
     """
-    unseen = _as_mask(unseen)
-    score = _as_scores("score", score, unseen.shape[0])
-    if not _both_present(unseen):
-        return math.nan
-    return float(roc_auc_score(unseen, score))
+    return _detection(roc_auc_score, unseen, score)
 
 
 def aupr_unseen(unseen: np.ndarray, score: np.ndarray) -> float:
@@ -127,11 +135,7 @@ def aupr_unseen(unseen: np.ndarray, score: np.ndarray) -> float:
     float
         AP in [0, 1]; NaN if there is no unseen or no seen sample.
     """
-    unseen = _as_mask(unseen)
-    score = _as_scores("score", score, unseen.shape[0])
-    if not _both_present(unseen):
-        return math.nan
-    return float(average_precision_score(unseen, score))
+    return _detection(average_precision_score, unseen, score)
 
 
 def fpr_at_tpr(unseen: np.ndarray, score: np.ndarray, tpr: float = 0.95) -> float:
@@ -354,12 +358,135 @@ def oscr(conf: np.ndarray, pred: np.ndarray, labels: np.ndarray, unseen: np.ndar
 
 
 # --------------------------------------------------------------------------- #
-# everything at once
+# the registry: what every evaluation reports
 # --------------------------------------------------------------------------- #
+@dataclass
+class OpenSetOutputs:
+    """One evaluation's per-sample outputs (see the module docstring for the arrays), with what the
+    metrics derive from them computed once: ``conf``, ``pred``, the unseen ``score`` (``1 - conf``),
+    the DAML threshold grid and the per-class recalls."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+    unseen: np.ndarray
+    num_thresholds: int = 10
+
+    def __post_init__(self) -> None:
+        probs = np.asarray(self.probs, dtype=np.float64)
+        if probs.ndim != 2:
+            raise ValueError(f"probs must be 2-D (N, K), got shape {probs.shape}")
+        n, k = probs.shape
+        if n < 1 or k < 1:
+            raise ValueError(f"probs must have at least one sample and one class, got shape {probs.shape}")
+        if not np.isfinite(probs).all():
+            raise ValueError("probs contains NaN or inf")
+        self.probs = probs
+        self.unseen = _as_mask(self.unseen, n)
+        self.labels = _as_1d("labels", self.labels, n)
+
+    @property
+    def num_classes(self) -> int:
+        return self.probs.shape[1]
+
+    @cached_property
+    def conf(self) -> np.ndarray:
+        return self.probs.max(1)
+
+    @cached_property
+    def pred(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+    @cached_property
+    def score(self) -> np.ndarray:
+        """The unseen score: higher = more likely unseen."""
+        return 1.0 - self.conf
+
+    @cached_property
+    def daml(self) -> dict:
+        return daml_threshold_grid(self.conf, self.pred, self.labels, self.unseen, self.num_thresholds)
+
+    @cached_property
+    def per_class(self) -> np.ndarray:
+        return per_class_accuracy(self.pred, self.labels, self.unseen, self.num_classes)
+
+
+MetricFn = Callable[[OpenSetOutputs], float]
+_REGISTERED: dict[str, MetricFn] = {}
+
+
+def register_metric(name: str, description: str) -> Callable[[MetricFn], MetricFn]:
+    """Decorator adding ``fn(outputs: OpenSetOutputs) -> float`` (a fraction in [0, 1], NaN where
+    undefined) to every evaluation as ``name``; ``description`` says in one line what it is and which way
+    is better (the results table prints it). Names are unique; ``acc_<class>`` is taken by the per-class
+    recalls."""
+    def add(fn: MetricFn) -> MetricFn:
+        if name in _REGISTERED:
+            raise KeyError(f"a metric named '{name}' is already registered")
+        _REGISTERED[name] = fn
+        METRIC_DESCRIPTIONS[name] = description
+        return fn
+    return add
+
+
+@register_metric("auc_u", "AUROC of unseen-vs-seen detection with score 1 - max prob (%), higher is better")
+def _auc_u(o: OpenSetOutputs) -> float:
+    return auroc_unseen(o.unseen, o.score)
+
+
+@register_metric("acc_s", "closed-set accuracy on seen samples, no rejection (ACC-S, %), higher is better")
+def _acc_s(o: OpenSetOutputs) -> float:
+    return closed_set_accuracy(o.pred, o.labels, o.unseen)
+
+
+@register_metric("mcr", "mean class recall over seen classes that have test samples (%), higher is better")
+def _mcr(o: OpenSetOutputs) -> float:
+    return mean_class_recall(o.pred, o.labels, o.unseen, o.num_classes)
+
+
+@register_metric("h_best", "best harmonic mean of known accuracy and unseen recall over the DAML threshold grid "
+                           "(%), higher is better")
+def _h_best(o: OpenSetOutputs) -> float:
+    return o.daml["h_best"]
+
+
+@register_metric("h_mean", "mean of H over the DAML threshold grid (%), higher is better")
+def _h_mean(o: OpenSetOutputs) -> float:
+    return o.daml["h_mean"]
+
+
+@register_metric("acc_s_at_best", "known accuracy (accepted and correct / seen) at the h_best threshold (%), "
+                                  "higher is better")
+def _acc_s_at_best(o: OpenSetOutputs) -> float:
+    return o.daml["acc_known_at_best"]
+
+
+@register_metric("unseen_recall_at_best", "fraction of unseen samples rejected at the h_best threshold (%), "
+                                          "higher is better")
+def _unseen_recall_at_best(o: OpenSetOutputs) -> float:
+    return o.daml["recall_unseen_at_best"]
+
+
+@register_metric("fpr95", "fraction of seen samples flagged as unseen at 95% unseen recall (FPR@95, %), "
+                          "lower is better")
+def _fpr95(o: OpenSetOutputs) -> float:
+    return fpr_at_tpr(o.unseen, o.score, 0.95)
+
+
+@register_metric("aupr_u", "average precision of unseen detection, unseen = positive (%), higher is better")
+def _aupr_u(o: OpenSetOutputs) -> float:
+    return aupr_unseen(o.unseen, o.score)
+
+
+@register_metric("oscr", "open-set classification rate: area under correct-classification vs. false-positive "
+                         "curve (%), higher is better")
+def _oscr(o: OpenSetOutputs) -> float:
+    return oscr(o.conf, o.pred, o.labels, o.unseen)
+
+
 def open_set_metrics(
     probs: np.ndarray, labels: np.ndarray, unseen: np.ndarray, num_thresholds: int = 10
 ) -> dict[str, float]:
-    """All open-set metrics of one run, in percent.
+    """All registered open-set metrics of one run, in percent.
 
     Parameters
     ----------
@@ -371,39 +498,11 @@ def open_set_metrics(
     Returns
     -------
     dict[str, float]
-        Keys ``auc_u, acc_s, mcr, h_best, h_mean, acc_s_at_best,
-        unseen_recall_at_best, fpr95, aupr_u, oscr`` and ``acc_class_<k>``
-        for k in 0..K-1 (see :data:`METRIC_DESCRIPTIONS`); values are plain
-        floats x100, NaN where undefined.
+        The registered metrics in registration order (built in: ``auc_u, acc_s, mcr, h_best, h_mean,
+        acc_s_at_best, unseen_recall_at_best, fpr95, aupr_u, oscr``), then ``acc_class_<k>`` for k in
+        0..K-1 (see :data:`METRIC_DESCRIPTIONS`); values are plain floats x100, NaN where undefined.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2:
-        raise ValueError(f"probs must be 2-D (N, K), got shape {probs.shape}")
-    n, k = probs.shape
-    if n < 1 or k < 1:
-        raise ValueError(f"probs must have at least one sample and one class, got shape {probs.shape}")
-    if not np.isfinite(probs).all():
-        raise ValueError("probs contains NaN or inf")
-    unseen = _as_mask(unseen, n)
-    labels = _as_1d("labels", labels, n)
-
-    conf = probs.max(1)
-    pred = probs.argmax(1)
-    score = 1.0 - conf
-    daml = daml_threshold_grid(conf, pred, labels, unseen, num_thresholds)
-    per_class = per_class_accuracy(pred, labels, unseen, k)
-
-    out = {
-        "auc_u": auroc_unseen(unseen, score),
-        "acc_s": closed_set_accuracy(pred, labels, unseen),
-        "mcr": mean_class_recall(pred, labels, unseen, k),
-        "h_best": daml["h_best"],
-        "h_mean": daml["h_mean"],
-        "acc_s_at_best": daml["acc_known_at_best"],
-        "unseen_recall_at_best": daml["recall_unseen_at_best"],
-        "fpr95": fpr_at_tpr(unseen, score, 0.95),
-        "aupr_u": aupr_unseen(unseen, score),
-        "oscr": oscr(conf, pred, labels, unseen),
-    }
-    out.update({f"acc_class_{c}": per_class[c] for c in range(k)})
+    outputs = OpenSetOutputs(probs, labels, unseen, num_thresholds)
+    out = {name: fn(outputs) for name, fn in _REGISTERED.items()}
+    out.update({f"acc_class_{c}": outputs.per_class[c] for c in range(outputs.num_classes)})
     return {key: float(val) * 100.0 for key, val in out.items()}

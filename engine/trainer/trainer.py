@@ -1,9 +1,13 @@
-"""Trainers in Dassl's shape: ``TrainerBase -> SimpleTrainer -> TrainerX / TrainerXU``.
+"""The training loop in Dassl's shape: ``TrainerBase -> SimpleTrainer -> TrainerX / TrainerXU``.
 
 A method is a subclass that implements ``build_model`` (register what it trains with
 ``register_model``), ``forward_backward`` and ``model_inference``, decorated with
 ``@TRAINER_REGISTRY.register()``. Everything else (loaders, the epoch loop, logging, checkpoints,
-resume, evaluation and ``results.json``) is shared.
+resume, evaluation and ``results.json``) is shared: this module holds the loop and evaluation,
+:mod:`engine.trainer.base` the model registry and optimisation helpers, :mod:`engine.trainer.checkpointing`
+the checkpoint files, :mod:`engine.trainer.run_log` the scalar log and :mod:`engine.trainer.results` what an
+evaluation writes. What the loop needs to know about the data (class names, unseen classes, domains) comes
+from the dataset's :meth:`~engine.data.datasets.DatasetBase.split_info`.
 
 Conventions of this project, on top of Dassl's:
 
@@ -21,355 +25,29 @@ Conventions of this project, on top of Dassl's:
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
-import json
 import logging
 import math
-import os.path as osp
 import time
 from collections import OrderedDict, defaultdict
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn as nn
-from tabulate import tabulate
-from tqdm import tqdm
 
 from engine.data import DataManager
-from engine.evaluation import METRIC_DESCRIPTIONS, build_evaluator
+from engine.evaluation import build_evaluator
 from engine.registry import Registry
-from engine.utils import distributed
+from engine.trainer.base import TrainerBase
 from engine.trainer.loop_state import LoaderCursor, NonFiniteWatch
-from engine.utils.checkpoint import (capture_rng_state, checkpoint_candidates, checkpoint_name, latest_checkpoint,
-                                     load_checkpoint, prune_step_checkpoints, restore_rng_state, save_checkpoint,
-                                     step_checkpoint_name)
-from engine.utils.errors import NonFiniteLossError, UserError
+from engine.trainer.results import report_results, results_record
+from engine.utils import distributed
+from engine.utils.checkpoint import capture_rng_state, restore_rng_state
+from engine.utils.errors import UserError
 from engine.utils.meters import AverageMeter
-from engine.utils.tools import (COMPILE_MODES, mkdir_if_missing, set_cudnn_benchmark, set_random_seed,
-                                uses_cuda_graphs, write_json)
+from engine.utils.tools import COMPILE_MODES, set_cudnn_benchmark, set_random_seed, uses_cuda_graphs
 
 TRAINER_REGISTRY = Registry("TRAINER")
 logger = logging.getLogger(__name__)
-
-
-class TrainerBase:
-    """Model registry, optimisation helpers, checkpointing and the epoch loop skeleton."""
-
-    def __init__(self) -> None:
-        self._models: OrderedDict[str, nn.Module] = OrderedDict()
-        self._optims: OrderedDict[str, torch.optim.Optimizer | None] = OrderedDict()
-        self._scheds: OrderedDict[str, Any] = OrderedDict()
-        self._writer = None
-        self._metrics_file = None
-        self.is_main_process = distributed.is_main_process()
-        self.use_bf16 = False
-
-    # ----------------------------------------------------------------- models
-    def register_model(self, name: str = "model", model: nn.Module | None = None,
-                       optim: torch.optim.Optimizer | None = None, sched: Any = None) -> None:
-        """Declare a module to be trained, saved and restored (with its optimiser and scheduler)."""
-        if self.__dict__.get("_models") is None:
-            raise AttributeError("Cannot assign model before super().__init__() call")
-        if name in self._models:
-            raise KeyError(f"a model named '{name}' is already registered")
-        self._models[name] = model
-        self._optims[name] = optim
-        self._scheds[name] = sched
-
-    def get_model_names(self, names: str | list[str] | None = None) -> list[str]:
-        names_real = list(self._models.keys())
-        if names is None:
-            return names_real
-        names = [names] if isinstance(names, str) else list(names)
-        for name in names:
-            if name not in names_real:
-                raise KeyError(f"no registered model named '{name}'; registered: {names_real}")
-        return names
-
-    def set_model_mode(self, mode: str = "train", names: str | list[str] | None = None) -> None:
-        for name in self.get_model_names(names):
-            self._models[name].train(mode == "train")
-
-    def update_lr(self, names: str | list[str] | None = None) -> None:
-        """Step the schedulers (once per epoch). The epoch loop calls it at the end of an epoch
-        unless ``forward_backward`` already did, as trainers written for Dassl do."""
-        self._lr_updated = True
-        for name in self.get_model_names(names):
-            if self._scheds[name] is not None:
-                self._scheds[name].step()
-
-    def get_current_lr(self, names: str | list[str] | None = None) -> float:
-        name = self.get_model_names(names)[0]
-        return self._optims[name].param_groups[0]["lr"]
-
-    # ------------------------------------------------------------ checkpoints
-    def run_signature(self) -> dict[str, Any]:
-        """What must match for a checkpoint to belong to this run (checked on resume)."""
-        return {}
-
-    def extra_checkpoint_state(self) -> dict[str, Any]:
-        """Plain-type state saved beside the models (RNG, samplers); restored on resume."""
-        return {}
-
-    def load_extra_checkpoint_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result: float | None = None,
-                   model_name: str = "", step_in_epoch: int = 0) -> None:
-        """Save every registered model as ``directory/<name>/model.pth.tar-<epoch + 1>`` (Dassl's call:
-        ``epoch`` is the 0-based epoch just finished). With ``step_in_epoch`` > 0 the checkpoint is taken
-        ``step_in_epoch`` steps into epoch ``epoch`` (0-based) and named ``...-<epoch + 1>-step<k>``."""
-        self.check_finite()
-        if not self.is_main_process:
-            return
-        extra = self.extra_checkpoint_state()
-        if step_in_epoch:
-            extra["step_in_epoch"] = step_in_epoch
-            model_name = model_name or step_checkpoint_name(epoch + 1, step_in_epoch)
-        for name in self.get_model_names():
-            optim, sched = self._optims[name], self._scheds[name]
-            self._last_checkpoint = save_checkpoint(
-                {
-                    "state_dict": self._models[name].state_dict(),
-                    "epoch": epoch if step_in_epoch else epoch + 1,  # completed epochs
-                    "optimizer": optim.state_dict() if optim is not None else None,
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "val_result": val_result,
-                    "run_signature": self.run_signature(),
-                    **extra,
-                },
-                osp.join(directory, name), is_best=is_best, model_name=model_name,
-            )
-            if step_in_epoch:
-                prune_step_checkpoints(osp.join(directory, name))
-
-    def check_finite(self) -> None:
-        """Raise :class:`NonFiniteLossError` if a step since the start had a non-finite loss
-        (synchronises with the device; called when logging and before saving)."""
-        bad = self._nonfinite.first_bad() if getattr(self, "_nonfinite", None) else None
-        if bad is None:
-            return
-        epoch, batch_idx, terms = bad
-        last = getattr(self, "_last_checkpoint", None)
-        raise NonFiniteLossError(
-            f"non-finite loss at epoch {epoch + 1}, step {batch_idx + 1} ("
-            + ", ".join(f"{k}={v:.4g}" for k, v in terms.items()) + "); stopped without saving; last good "
-            f"checkpoint: {last or 'none'}. Lower the learning rate, or set TRAIN.ON_NONFINITE skip")
-
-    def resume_model_if_exist(self, directory: str) -> int:
-        """Restore models, optimisers, schedulers and extra state from the newest readable checkpoint
-        in ``directory``; returns the epoch to start from (0 when there is nothing to resume).
-
-        A checkpoint that cannot be read (a file truncated by a crash) is skipped with a warning and the
-        one before it used. A checkpoint written mid-epoch also sets ``self.resume_step``, the number of
-        steps of that epoch already done."""
-        self.resume_step = 0
-        names = self.get_model_names()
-        candidates = {name: checkpoint_candidates(osp.join(directory, name)) for name in names}
-        if not names or not any(candidates.values()):
-            return 0
-        missing = [n for n, c in candidates.items() if not c]
-        if missing:
-            raise UserError(f"cannot resume from {directory}: no checkpoint for model(s) {', '.join(missing)}")
-        first = names[0]
-        for path in candidates[first]:
-            ckpts = self._load_all(directory, names, osp.basename(path))
-            if ckpts is not None:
-                break
-        else:
-            raise UserError(f"cannot resume from {directory}: no checkpoint there can be read")
-        logger.info("Found checkpoint at %s (will resume training)", directory)
-        for name, (ckpt_path, ckpt) in ckpts.items():
-            self._check_signature(ckpt, ckpt_path)
-            self._load_state_dict(name, ckpt["state_dict"], ckpt_path)
-            if self._optims[name] is not None and ckpt.get("optimizer") is not None:
-                self._optims[name].load_state_dict(ckpt["optimizer"])
-            if self._scheds[name] is not None and ckpt.get("scheduler") is not None:
-                self._scheds[name].load_state_dict(ckpt["scheduler"])
-        ckpt = ckpts[first][1]
-        self.resume_step = int(ckpt.get("step_in_epoch") or 0)
-        logger.info("Loaded %s (epoch %d%s)", ckpts[first][0], ckpt["epoch"],
-                    f", step {self.resume_step} of epoch {ckpt['epoch'] + 1}" if self.resume_step else "")
-        self.load_extra_checkpoint_state(ckpt)
-        return int(ckpt["epoch"])
-
-    def _load_all(self, directory: str, names: list[str], filename: str) -> dict[str, tuple[str, dict]] | None:
-        """Every model's checkpoint called ``filename``, or None (with a warning) if one is unreadable."""
-        loaded = {}
-        for name in names:
-            path = osp.join(directory, name, filename)
-            try:
-                loaded[name] = (path, load_checkpoint(path))
-            except UserError as e:
-                logger.warning("Skipping checkpoint %s: %s; trying the one before it", path, e)
-                return None
-        return loaded
-
-    def _check_signature(self, ckpt: dict, path: str) -> None:
-        saved, current = ckpt.get("run_signature") or {}, self.run_signature()
-        diffs = [f"{k}: {saved[k]!r} in the checkpoint, {current[k]!r} now"
-                 for k in current if k in saved and saved[k] != current[k]]
-        if diffs:
-            raise UserError(f"checkpoint {path} belongs to a different run ({'; '.join(diffs)}); "
-                            f"use another --output-dir or remove that folder")
-
-    def _load_state_dict(self, name: str, state_dict: dict, path: str) -> None:
-        try:
-            self._models[name].load_state_dict(state_dict)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            detail = " ".join(first[1:3]).strip() if len(first) > 1 else first[0]
-            raise UserError(f"checkpoint {path} does not fit model '{name}' (another backbone or class count?): "
-                            f"{' '.join(detail.split())[:240]}") from None
-
-    def load_model(self, directory: str | None, epoch: int | str | None = None) -> None:
-        """Load weights for evaluation: ``model.pth.tar-<epoch>``, ``"best"`` (model-best.pth.tar), or by
-        default the newest checkpoint (the index), else the best."""
-        names = self.get_model_names()
-        self.report_on_test = True
-        if not directory:
-            logger.info("No model directory given: evaluating the model as built")
-            return
-        if not osp.isdir(directory):
-            raise UserError(f"model directory not found: {directory}")
-        if not names:
-            logger.info("This trainer has no trained weights to load from %s", directory)
-            return
-        for name in names:
-            model_dir = osp.join(directory, name)
-            if epoch == "best":
-                path = osp.join(model_dir, "model-best.pth.tar")
-                if not osp.isfile(path):
-                    raise UserError(f"no best-model checkpoint: {path} does not exist "
-                                    f"(it is written with TEST.FINAL_MODEL best_val)")
-            elif epoch is not None:
-                path = osp.join(model_dir, checkpoint_name(epoch))
-                if not osp.isfile(path):
-                    raise UserError(f"no checkpoint for epoch {epoch}: {path} does not exist")
-            else:
-                path = latest_checkpoint(model_dir) or osp.join(model_dir, "model-best.pth.tar")
-                if not osp.isfile(path):
-                    raise UserError(f"no checkpoint of model '{name}' in {model_dir} "
-                                    f"(expected a 'checkpoint' index or model-best.pth.tar)")
-            ckpt = load_checkpoint(path)
-            self._load_state_dict(name, ckpt["state_dict"], path)
-            self.epochs_done = int(ckpt.get("epoch") or 0)
-            val = ckpt.get("val_result")  # Dassl crashes when this is absent; it is optional here
-            logger.info("Loaded model weights from %s (epoch %s%s)", path, ckpt.get("epoch"),
-                        f", val_result {val:.2f}" if isinstance(val, (int, float)) else "")
-
-    # ------------------------------------------------------ logging / writer
-    def init_writer(self, log_dir: str) -> None:
-        if not self.is_main_process:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        mkdir_if_missing(log_dir)
-        self._writer = SummaryWriter(log_dir=osp.join(log_dir, "tensorboard"))
-        self._metrics_file = open(osp.join(log_dir, "metrics.jsonl"), "a")
-
-    def close_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
-
-    def write_scalars(self, scalars: dict[str, float], global_step: int | None = None, **context: Any) -> None:
-        """Write scalars to tensorboard and one JSON line (with ``context``) to metrics.jsonl."""
-        if self._writer is not None:
-            for tag, value in scalars.items():
-                self._writer.add_scalar(tag, value, global_step)
-        if self._metrics_file is not None:
-            record = {"step": global_step, **context,
-                      **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in scalars.items()}}
-            self._metrics_file.write(json.dumps(record) + "\n")
-            self._metrics_file.flush()
-
-    def write_scalar(self, tag: str, scalar_value: float, global_step: int | None = None) -> None:
-        self.write_scalars({tag: scalar_value}, global_step)
-
-    # -------------------------------------------------------------- the loop
-    def train(self, start_epoch: int, max_epoch: int) -> None:
-        self.start_epoch = start_epoch
-        self.max_epoch = max_epoch
-        self.before_train()
-        for self.epoch in range(self.start_epoch, self.max_epoch):
-            self.before_epoch()
-            self.run_epoch()
-            self.after_epoch()
-        self.after_train()
-
-    def before_train(self) -> None:
-        pass
-
-    def after_train(self) -> None:
-        pass
-
-    def before_epoch(self) -> None:
-        pass
-
-    def after_epoch(self) -> None:
-        pass
-
-    def run_epoch(self) -> None:
-        raise NotImplementedError
-
-    def test(self, split: str | None = None) -> float:
-        raise NotImplementedError
-
-    def parse_batch_train(self, batch: dict):
-        raise NotImplementedError
-
-    def parse_batch_test(self, batch: dict):
-        raise NotImplementedError
-
-    def forward_backward(self, batch: dict):
-        raise NotImplementedError
-
-    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def progress(self, iterable, **kwargs) -> tqdm:
-        """A tqdm bar on the main process (``TQDM_DISABLE=1`` in the environment silences it)."""
-        if not self.is_main_process:
-            kwargs["disable"] = True
-        return tqdm(iterable, leave=False, dynamic_ncols=True, **kwargs)
-
-    # ---------------------------------------------------------- optimisation
-    def model_zero_grad(self, names: str | list[str] | None = None) -> None:
-        for name in self.get_model_names(names):
-            if self._optims[name] is not None:
-                self._optims[name].zero_grad(set_to_none=True)
-
-    def model_backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def model_update(self, names: str | list[str] | None = None) -> None:
-        for name in self.get_model_names(names):
-            if self._optims[name] is not None:
-                distributed.average_gradients(self._models[name].parameters())
-                self._optims[name].step()
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for forward passes when ``TRAIN.PRECISION`` asks for it, else a no-op."""
-        if not self.use_bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-
-    def model_backward_and_update(self, loss: torch.Tensor, names: str | list[str] | None = None) -> None:
-        if getattr(self, "skip_nonfinite", False) and not bool(torch.isfinite(loss.detach()).all()):
-            # TRAIN.ON_NONFINITE skip: this check reads the loss back at every step (a synchronisation).
-            self.skipped_steps += 1
-            logger.warning("Skipping a step with a non-finite loss (%d skipped so far)", self.skipped_steps)
-            self.model_zero_grad(names)
-            return
-        self.model_zero_grad(names)
-        self.model_backward(loss)
-        self.model_update(names)
 
 
 class SimpleTrainer(TrainerBase):
@@ -381,9 +59,7 @@ class SimpleTrainer(TrainerBase):
         self.cfg = cfg
         # Seeded here as well as in train.py, so a trainer built from Python is reproducible too.
         set_random_seed(cfg.SEED)
-        self.device = torch.device("cuda" if torch.cuda.is_available() and cfg.USE_CUDA else "cpu")
-        if self.device.type == "cuda" and distributed.world_size() > 1:
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device = distributed.training_device(cfg.USE_CUDA)
         set_cudnn_benchmark(cfg, self.device)
         self.use_bf16 = self._wants_bf16(cfg.TRAIN.PRECISION)
         self.cuda_graph_steps = uses_cuda_graphs(cfg, self.device)
@@ -392,7 +68,6 @@ class SimpleTrainer(TrainerBase):
         self._nonfinite = None if self.skip_nonfinite else NonFiniteWatch()
         self._cursor_states: dict[str, Any] | None = None  # set by a resume, used by the next epoch
         self._cursors: dict[str, LoaderCursor] = {}
-        self.resume_step = 0
         # Whether test() on the test split reports (table + results.json): set for the final evaluation
         # and by load_model, so Dassl's "--eval-only: load_model(); test()" also writes results.json.
         self.report_on_test = False
@@ -441,6 +116,7 @@ class SimpleTrainer(TrainerBase):
         self.num_classes = dm.num_classes
         self.num_source_domains = dm.num_source_domains
         self.lab2cname = dm.lab2cname
+        self.split_info = dm.split_info
         self.dm = dm
 
     def build_model(self) -> None:
@@ -449,13 +125,17 @@ class SimpleTrainer(TrainerBase):
     def train(self) -> None:  # type: ignore[override]
         super().train(self.start_epoch, self.max_epoch)
 
+    def load_model(self, directory: str | None, epoch: int | str | None = None) -> None:
+        # Dassl's --eval-only is "load_model(); test()": the test that follows reports and writes results.json
+        self.report_on_test = True
+        super().load_model(directory, epoch)
+
     # --------------------------------------------------------------- resume
     def run_signature(self) -> dict[str, Any]:
-        c = self.cfg
+        c, split = self.cfg, self.split_info
         return {"trainer": c.TRAINER.NAME, "backbone": c.MODEL.BACKBONE.NAME, "dataset": c.DATASET.NAME,
-                "source_domains": list(c.DATASET.SOURCE_DOMAINS), "target_domains": list(c.DATASET.TARGET_DOMAINS),
-                "unseen_classes": list(getattr(self.dm.dataset, "unseen_classnames", [])),
-                "num_classes": self.num_classes}
+                "source_domains": list(split.source_domains), "target_domains": list(split.target_domains),
+                "unseen_classes": list(split.unseen_classes), "num_classes": self.num_classes}
 
     def _train_loaders(self) -> dict[str, Any]:
         return {"train_x": self.train_loader_x, "train_u": self.train_loader_u}
@@ -553,47 +233,12 @@ class SimpleTrainer(TrainerBase):
         self.test()
         return self.test_results
 
-    def results_record(self, metrics: dict[str, float]) -> dict[str, Any]:
-        c = self.cfg
-        dataset = self.dm.dataset
-        return {
-            "trainer": c.TRAINER.NAME,
-            "source_domains": list(c.DATASET.SOURCE_DOMAINS),
-            "target_domain": c.DATASET.TARGET_DOMAINS[0] if c.DATASET.TARGET_DOMAINS else None,
-            "unseen_classes": list(getattr(dataset, "unseen_classnames", [])),
-            "seed": c.SEED,
-            "backbone": c.MODEL.BACKBONE.NAME,
-            "dataset": c.DATASET.NAME,
-            "epochs_trained": self.epochs_done,
-            "num_test_images": len(self.test_loader.dataset),
-            "metrics": dict(metrics),
-        }
-
     def report_results(self, metrics: dict[str, float]) -> None:
-        rows = []
-        for key, value in metrics.items():
-            desc_key = "acc_class_<k>" if key.startswith("acc_") and key not in METRIC_DESCRIPTIONS else key
-            desc = METRIC_DESCRIPTIONS.get(desc_key, "")
-            if desc_key == "acc_class_<k>":
-                desc = f"recall of seen class {key[4:]} (%), higher is better"
-            rows.append([key, "n/a" if math.isnan(value) else f"{value:.2f}", desc])
-        logger.info("Results (%s -> %s, unseen: %s)\n%s", ", ".join(self.cfg.DATASET.SOURCE_DOMAINS),
-                    ", ".join(self.cfg.DATASET.TARGET_DOMAINS),
-                    ", ".join(getattr(self.dm.dataset, "unseen_classnames", [])) or "none",
-                    tabulate(rows, headers=["metric", "value", "meaning"], tablefmt="simple"))
-        path = osp.join(self.output_dir, "results.json")
-        try:
-            mkdir_if_missing(self.output_dir)
-            write_json(self.results_record(metrics), path)
-        except OSError as e:
-            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
-        if self.cfg.TEST.SAVE_PREDICTIONS:
-            probs, labels, unseen = self.evaluator.arrays
-            np.savez(osp.join(self.output_dir, "predictions.npz"), probs=probs, labels=labels, unseen=unseen,
-                     classnames=np.array([self.lab2cname[k] for k in sorted(self.lab2cname)]))
-        logger.info("* auc_u: %.2f", metrics.get("auc_u", float("nan")))
-        logger.info("* acc_s: %.2f", metrics.get("acc_s", float("nan")))
-        logger.info("* results: %s", path)
+        """Print the results table and write ``results.json`` (and ``predictions.npz``); see
+        :mod:`engine.trainer.results`."""
+        record = results_record(self.cfg, self.split_info, metrics, self.epochs_done, len(self.test_loader.dataset))
+        predictions = self.evaluator.arrays if self.cfg.TEST.SAVE_PREDICTIONS else None
+        report_results(self.output_dir, record, predictions, self.split_info.seen_classes)
 
     def parse_batch_train(self, batch: dict):
         return self.to_device(batch["img"]), self.to_device(batch["label"])
@@ -610,7 +255,7 @@ class SimpleTrainer(TrainerBase):
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image features ``(N, D)`` of the model as it stands (for t-SNE figures and
-        analysis). CLIP trainers return their image encoder's output."""
+        analysis). CLIP trainers return their image encoder's output (:class:`CLIPTrainer`)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------- logging

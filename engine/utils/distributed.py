@@ -34,6 +34,14 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def training_device(use_cuda: bool = True) -> torch.device:
+    """Where this process trains and its batches are made: its CUDA device (``LOCAL_RANK``'s under torchrun,
+    set by :func:`init_distributed`) when ``use_cuda`` (``USE_CUDA``) and a GPU is present, else the CPU."""
+    if use_cuda and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def init_distributed(use_cuda: bool = True) -> None:
     """Join the process group torchrun describes in the environment (no-op for one process)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():

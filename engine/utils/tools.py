@@ -1,9 +1,10 @@
-"""Small helpers: seeding, folders, atomic file writes, JSON, optional compilation."""
+"""Small helpers: seeding, folders, atomic file writes, leftovers of dead processes, JSON, optional compilation."""
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,44 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one owned by another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_leftovers(folder: str | os.PathLike, prefix: str) -> list[str]:
+    """Remove the entries of ``folder`` named ``<prefix><pid>`` (files or folders) whose process no longer
+    runs, or is this one: the temporaries of interrupted writes, which name their writer's pid last. Entries
+    of live processes are theirs to finish. Returns the removed paths."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        pid = name[len(prefix):]
+        if not (name.startswith(prefix) and pid.isdigit()):
+            continue
+        if int(pid) != os.getpid() and pid_alive(int(pid)):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        removed.append(path)
+    return removed
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:

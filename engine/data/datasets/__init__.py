@@ -1,3 +1,4 @@
-from engine.data.datasets.base_dataset import DATASET_REGISTRY, DatasetBase, Datum, build_dataset
+from engine.data.datasets.base_dataset import (DATASET_REGISTRY, DatasetBase, Datum, SplitInfo, build_dataset,
+                                               split_info_of)
 
-__all__ = ["DATASET_REGISTRY", "DatasetBase", "Datum", "build_dataset"]
+__all__ = ["DATASET_REGISTRY", "DatasetBase", "Datum", "SplitInfo", "build_dataset", "split_info_of"]

@@ -14,8 +14,9 @@ class Datum:
     """One image: its path, label, domain index, class name and an optional crop box.
 
     ``crop`` (``(left, upper, right, lower)`` pixels, or None) is applied when the image is read, for
-    datasets that ship face boxes rather than face crops. Unlabelled items (the target training pool) carry ``label = -1`` and ``classname = ""``: their
-    true labels never enter a batch, so no training step can read them.
+    datasets that ship face boxes rather than face crops. Unlabelled items (the target training pool) carry
+    ``label = -1`` and ``classname = ""``: their true labels never enter a batch, so no training step can
+    read them.
     """
 
     impath: str
@@ -25,13 +26,27 @@ class Datum:
     crop: tuple[int, int, int, int] | None = None
 
 
+@dataclass(frozen=True)
+class SplitInfo:
+    """What a run's data is, as the engine records it (checkpoint signature, ``results.json``, the results
+    table): the classes a model is trained on in label order, the classes held out of training (open set:
+    test samples of these carry a label ``>= len(seen_classes)``), and the domains on each side."""
+
+    seen_classes: tuple[str, ...]
+    unseen_classes: tuple[str, ...] = ()
+    source_domains: tuple[str, ...] = ()
+    target_domains: tuple[str, ...] = ()
+
+
 class DatasetBase:
     """A dataset split into labelled sources (``train_x``), an unlabelled pool (``train_u``),
     an optional ``val`` split and a ``test`` split.
 
     Subclasses build lists of :class:`Datum` and call ``super().__init__``. ``num_classes``,
     ``lab2cname`` and ``classnames`` describe the classes a model is trained on (the seen classes
-    in open-set work) and are derived from ``train_x`` unless a subclass passes them.
+    in open-set work) and are derived from ``train_x`` unless a subclass passes them. An open-set dataset
+    also passes the names of its ``unseen_classnames``, and a domain-based one its ``source_domains`` and
+    ``target_domains``; :meth:`split_info` hands all of it to the engine.
     """
 
     dataset_dir = ""
@@ -39,7 +54,8 @@ class DatasetBase:
 
     def __init__(self, train_x: list[Datum] | None = None, train_u: list[Datum] | None = None,
                  val: list[Datum] | None = None, test: list[Datum] | None = None,
-                 lab2cname: dict[int, str] | None = None) -> None:
+                 lab2cname: dict[int, str] | None = None, *, unseen_classnames: Sequence[str] = (),
+                 source_domains: Sequence[str] = (), target_domains: Sequence[str] = ()) -> None:
         self._train_x = train_x
         self._train_u = train_u
         self._val = val
@@ -50,6 +66,13 @@ class DatasetBase:
         self._lab2cname = lab2cname
         self._classnames = [lab2cname[k] for k in sorted(lab2cname)]
         self._num_classes = len(lab2cname)
+        self._split_info = SplitInfo(tuple(self._classnames), tuple(unseen_classnames), tuple(source_domains),
+                                     tuple(target_domains))
+
+    def split_info(self) -> SplitInfo:
+        """The classes and domains of this split (see :class:`SplitInfo`): what the trainer writes into
+        checkpoints and ``results.json`` and shows above the results table."""
+        return self._split_info
 
     @property
     def train_x(self) -> list[Datum] | None:
@@ -86,6 +109,16 @@ class DatasetBase:
     @property
     def num_classes(self) -> int:
         return self._num_classes
+
+
+def split_info_of(dataset, cfg) -> SplitInfo:
+    """``dataset.split_info()``; for a dataset from elsewhere (Dassl's, say) that lacks it, its class names
+    and the config's domains, with no unseen class."""
+    if hasattr(dataset, "split_info"):
+        return dataset.split_info()
+    lab2cname = dataset.lab2cname
+    return SplitInfo(tuple(lab2cname[k] for k in sorted(lab2cname)), (), tuple(cfg.DATASET.SOURCE_DOMAINS),
+                     tuple(cfg.DATASET.TARGET_DOMAINS))
 
 
 def build_dataset(cfg) -> DatasetBase:

@@ -1,22 +1,10 @@
 """Decoded-image cache: every image of a split decoded once to uint8 ``(N, S, S, 3)``, memory-mapped.
 
-PIL decoding caps a data loader at about 1.3k images/s on 16 cores (``docs/PERFORMANCE.md``); a
+PIL decoding caps a data loader at about 1.3k images/s on 16 cores (``docs/performance.md``); a
 GPU trains several times faster. With ``DATALOADER.CACHE.ENABLED True`` each split is decoded once
 (in parallel, with a progress bar) and later runs read pixels straight from a ``.npy`` file, while
-augmentation runs on the training device (:mod:`engine.data.device_aug`,
-:mod:`engine.data.cached_loader`). The PIL path stays the default: it is exact Dassl behaviour and
-costs nothing to set up on small data.
-
-Config keys (``DATALOADER.CACHE.*``, added by :func:`add_cache_config`):
-
-- ``ENABLED`` (False): use the cache and device augmentation for every loader.
-- ``DIR`` ("~/.cache/promptemo/decoded"): the cache folder (``~`` expanded).
-- ``SIZE`` (0): the cached side S in pixels; 0 means ``max(INPUT.SIZE)``, which keeps test pixels
-  identical to the PIL path and crops never shrink. A larger S keeps more detail for small crops.
-- ``ON_DEVICE`` (False): copy the whole uint8 array to the training device once (N x S x S x 3
-  bytes: 42 GB for 280k images at 224 px), so a batch is one gather on the device; otherwise
-  batches are gathered from the memory map on the host by a background thread.
-- ``NUM_WORKERS`` (-1): processes decoding a split; -1 means ``DATALOADER.NUM_WORKERS`` (at least 1).
+augmentation runs on the training device (:mod:`engine.data.fast.augment`,
+:mod:`engine.data.fast.loader`). The config keys are described in :mod:`engine.data.fast.settings`.
 
 What an entry holds: image ``i`` of the split is ``read_image(impath, crop)`` converted to RGB,
 ``T.Resize(S, INPUT.INTERPOLATION)`` (short side to S), ``T.CenterCrop(S)``, as uint8 HWC. With
@@ -37,7 +25,7 @@ A dataset may name shared lists instead (:meth:`DatasetBase.cache_groups`): MO-F
 train and test split whole (``MOFER-<domain>-train-...``, ``MOFER-<domain>-test-...``), so the runs of a
 protocol share them whatever the unseen class and whether the domain is a source or the target (28
 cells of the paper's protocol would otherwise each decode their own copy of AffectNet); a split then
-reads its rows from those caches (``engine.data.cached_loader.CacheView``).
+reads its rows from those caches (:class:`engine.data.fast.loader.CacheView`).
 
 Decoding processes come from ``multiprocessing``'s default start method (fork on Linux before
 Python 3.14, as DataLoader workers), each opening the temporary array itself; they never use CUDA.
@@ -64,48 +52,21 @@ from numpy.lib.format import open_memmap
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from engine.config import CfgNode, register_config_hook
-from engine.data.data_manager import read_image
 from engine.data.datasets import Datum
+from engine.data.image_io import read_image
 from engine.data.transforms import INTERPOLATION_MODES
 from engine.utils.errors import UserError
-from engine.utils.tools import mkdir_if_missing, write_json
+from engine.utils.tools import mkdir_if_missing, remove_dead_leftovers, write_json
 
 logger = logging.getLogger(__name__)
 
 # Bump when the content of an entry changes for the same inputs (a new decoding recipe).
 CACHE_FORMAT = 1
-DEFAULT_DIR = "~/.cache/promptemo/decoded"
 # Images per task of a decoding worker: large enough to amortise inter-process traffic, small
 # enough for a smooth progress bar and balanced workers.
 CHUNK = 64
 # Seconds between checks while another process of this machine builds the cache.
 WAIT_POLL_S = 2.0
-
-
-@register_config_hook
-def add_cache_config(cfg: CfgNode) -> None:
-    """Add the ``DATALOADER.CACHE.*`` keys (see the module docstring)."""
-    cfg.DATALOADER.CACHE = CfgNode()
-    cfg.DATALOADER.CACHE.ENABLED = False
-    cfg.DATALOADER.CACHE.DIR = DEFAULT_DIR
-    cfg.DATALOADER.CACHE.SIZE = 0
-    cfg.DATALOADER.CACHE.ON_DEVICE = False
-    cfg.DATALOADER.CACHE.NUM_WORKERS = -1
-
-
-def cache_size(cfg) -> int:
-    """The cached side S: ``DATALOADER.CACHE.SIZE``, or ``max(INPUT.SIZE)`` when it is 0."""
-    size = int(cfg.DATALOADER.CACHE.SIZE)
-    if size < 0:
-        raise UserError(f"DATALOADER.CACHE.SIZE must be 0 (= max(INPUT.SIZE)) or a size in pixels, got {size}")
-    return size or max(cfg.INPUT.SIZE)
-
-
-def cache_workers(cfg) -> int:
-    """Decoding processes: ``DATALOADER.CACHE.NUM_WORKERS``, -1 meaning ``DATALOADER.NUM_WORKERS``."""
-    n = int(cfg.DATALOADER.CACHE.NUM_WORKERS)
-    return max(1, cfg.DATALOADER.NUM_WORKERS if n < 0 else n)
 
 
 def decode_image(item: Datum, size: int, interpolation: str = "bicubic") -> np.ndarray:
@@ -148,9 +109,6 @@ class DecodedCache:
     @classmethod
     def for_items(cls, items: Sequence[Datum], directory: str, dataset: str, split: str, size: int,
                   interpolation: str = "bicubic") -> "DecodedCache":
-        if interpolation not in INTERPOLATION_MODES:
-            raise UserError(f"INPUT.INTERPOLATION must be one of {', '.join(INTERPOLATION_MODES)}, "
-                            f"got '{interpolation}'")
         items = tuple(items)
         key = cache_key(items, dataset, split, size, interpolation)
         return cls(items, os.path.expanduser(directory), dataset, split, size, interpolation, key)
@@ -244,11 +202,7 @@ class DecodedCache:
 
     def _remove_dead_temporaries(self) -> None:
         """Delete temporaries of this cache left by processes of this host that no longer run."""
-        prefix = os.path.basename(self.array_path) + f".tmp-{socket.gethostname()}-"
-        for name in os.listdir(self.directory):
-            pid = name[len(prefix):]
-            if name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
-                _remove(os.path.join(self.directory, name))
+        remove_dead_leftovers(self.directory, os.path.basename(self.array_path) + f".tmp-{socket.gethostname()}-")
 
 
 def open_decoded_cache(items: Sequence[Datum], directory: str, dataset: str, split: str, size: int,
@@ -312,12 +266,3 @@ def _remove(path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True

@@ -5,7 +5,8 @@ DATALOADER.CACHE.SIZE``) into a normalised ``(B, 3, h, w)`` float32 batch at ``I
 batch's device, with every random draw taken from one ``torch.Generator`` on that device. Nothing
 in it reads a value back to the host, so it never synchronises with the device.
 
-Supported ``INPUT.TRANSFORMS`` (anything else is a :class:`UserError` when the cache is on):
+Supported ``INPUT.TRANSFORMS`` (:data:`engine.data.fast.settings.SUPPORTED_TRANSFORMS`; anything else is a
+:class:`UserError` when the cache is on):
 
 - ``random_resized_crop``: torchvision's ``RandomResizedCrop.get_params``, vectorised over the
   batch: ten attempts per image of an area uniform in ``INPUT.RRCROP_SCALE`` times the image area
@@ -50,30 +51,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from engine.data.transforms import AVAILABLE_TRANSFORMS, INTERPOLATION_MODES
-from engine.utils.errors import UserError
-from engine.utils.tools import compiled
-
-SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "randomgrayscale",
-                        "gaussian_noise", "normalize")
 # torchvision's RandomResizedCrop defaults, which the PIL path keeps
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 RRC_ATTEMPTS = 10
 # PIL's convert("L") weights (ITU-R 601-2 luma), which RandomGrayscale uses
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-def check_transforms(choices: Sequence[str]) -> None:
-    """Raise a :class:`UserError` unless every transform in ``choices`` runs on the device."""
-    unknown = [c for c in choices if c not in AVAILABLE_TRANSFORMS]
-    if unknown:
-        raise UserError(f"unknown transform(s) {', '.join(unknown)} in INPUT.TRANSFORMS; "
-                        f"available: {', '.join(AVAILABLE_TRANSFORMS)}")
-    unsupported = [c for c in choices if c not in SUPPORTED_TRANSFORMS]
-    if unsupported:
-        raise UserError(f"INPUT.TRANSFORMS {', '.join(unsupported)} cannot run on the decoded-image cache "
-                        f"(device augmentation supports {', '.join(SUPPORTED_TRANSFORMS)}): set "
-                        f"DATALOADER.CACHE.ENABLED False to use the PIL path, or drop them")
 
 
 def sample_resized_crop_params(batch: int, height: int, width: int, scale: tuple[float, float],
@@ -196,8 +178,9 @@ class DeviceAugment:
 
     A call is two steps: :meth:`draw` takes every random number the batch needs from the generator
     (a handful of launches), and :meth:`apply`, a pure function of the batch and those draws, does the
-    pixel work. ``from_cfg`` compiles ``apply`` of the training transform with ``MODEL.COMPILE``: run
-    eagerly it is about 80 small operations per batch, each a separate launch from the host. The draws
+    pixel work. :class:`~engine.data.fast.settings.FastPathSettings` compiles ``apply`` of the training
+    transform with ``MODEL.COMPILE``: run eagerly it is about 80 small operations per batch, each a separate
+    launch from the host. The draws
     stay eager because compiled code draws its own random numbers (it cannot take a ``torch.Generator``),
     which would break replaying a batch from the generator's state.
     """
@@ -206,9 +189,6 @@ class DeviceAugment:
                  scale: tuple[float, float] = (0.08, 1.0), flip: bool = False, grayscale_p: float = 0.0,
                  noise: tuple[float, float] | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, interpolation: str = "bicubic") -> None:
-        if interpolation not in INTERPOLATION_MODES:
-            raise UserError(f"INPUT.INTERPOLATION must be one of {', '.join(INTERPOLATION_MODES)}, "
-                            f"got '{interpolation}'")
         self.out_size = (int(out_size[0]), int(out_size[1]))
         self.train = train
         self.random_resized_crop = random_resized_crop
@@ -222,29 +202,6 @@ class DeviceAugment:
         # Constants live on the device once: building them per batch would copy from pageable host
         # memory, which waits for the device.
         self._constants: dict[tuple, torch.Tensor] = {}
-
-    @classmethod
-    def from_cfg(cls, cfg, train: bool, choices: Sequence[str] | None = None) -> "DeviceAugment":
-        """The device counterpart of ``build_transform(cfg, is_train=train, choices)``."""
-        choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
-        check_transforms(choices)
-        normalize = "normalize" in choices
-        augment = cls(
-            tuple(cfg.INPUT.SIZE), train,
-            random_resized_crop=train and "random_resized_crop" in choices,
-            scale=tuple(cfg.INPUT.RRCROP_SCALE),
-            flip=train and "random_flip" in choices,
-            grayscale_p=cfg.INPUT.RGS_P if train and "randomgrayscale" in choices else 0.0,
-            noise=(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD) if train and "gaussian_noise" in choices else None,
-            mean=cfg.INPUT.PIXEL_MEAN if normalize else None,
-            std=cfg.INPUT.PIXEL_STD if normalize else None,
-            interpolation=cfg.INPUT.INTERPOLATION,
-        )
-        if train:  # every step runs it; the test transform runs once per evaluation batch and stays eager
-            # static shapes: a smaller last batch gets a graph of its own rather than a dynamic-shape one;
-            # no CUDA graphs: the target batch's replay would overwrite the source batch before the step uses it
-            augment.apply = compiled(augment.apply, cfg, cuda_graphs=False, dynamic=False)
-        return augment
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:

@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from engine.data.cache import cache_size, cache_workers, open_decoded_cache
 from engine.data.datasets import Datum
-from engine.data.device_aug import DeviceAugment
+from engine.data.fast.augment import DeviceAugment
+from engine.data.fast.cache import open_decoded_cache
+from engine.data.fast.settings import FastPathSettings
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -44,14 +45,6 @@ logger = logging.getLogger(__name__)
 _UPLOAD_CHUNK_BYTES = 256 * 2**20
 # Seconds between checks that the gathering thread is still alive while waiting for a batch
 _GET_TIMEOUT_S = 1.0
-
-
-def loader_device(cfg) -> torch.device:
-    """The trainer's device (``SimpleTrainer.device``): the current CUDA device when
-    ``USE_CUDA`` and a GPU is present (set per rank under torchrun), else the CPU."""
-    if torch.cuda.is_available() and cfg.USE_CUDA:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 class CacheView:
@@ -297,35 +290,19 @@ def _upload(images: np.ndarray | CacheView, device: torch.device) -> torch.Tenso
     return out
 
 
-def check_cache_config(cfg) -> None:
-    """Settings the cache cannot honour are a :class:`UserError` (before anything is decoded)."""
-    if cfg.INPUT.NO_TRANSFORM:
-        raise UserError("INPUT.NO_TRANSFORM cannot be used with DATALOADER.CACHE.ENABLED (cached images have "
-                        "one size and are always resized to INPUT.SIZE); disable one of them")
-    DeviceAugment.from_cfg(cfg, train=True)  # raises on unsupported INPUT.TRANSFORMS
-    cache_size(cfg)
-
-
-def build_cached_loader(cfg, sampler: Sampler, data_source: Sequence[Datum], batch_size: int, is_train: bool,
-                        drop_last: bool, split: str, seed: int = 0, device: torch.device | None = None,
+def build_cached_loader(fast: FastPathSettings, sampler: Sampler, data_source: Sequence[Datum], batch_size: int,
+                        is_train: bool, drop_last: bool, split: str, seed: int = 0,
                         groups: Sequence[tuple[str, Sequence]] | None = None) -> CachedLoader:
     """A :class:`CachedLoader` for one split, its cache loaded or built (``build_data_loader``'s
     counterpart; it receives that function's sampler, batch size and ``drop_last``). With ``groups``
-    (the dataset's :meth:`cache_groups`) the images come from those shared caches."""
-    check_cache_config(cfg)
-    c = cfg.DATALOADER.CACHE
-    size = cache_size(cfg)
-    if size < max(cfg.INPUT.SIZE):
-        logger.warning("DATALOADER.CACHE.SIZE %d is below INPUT.SIZE %s: cached images will be enlarged",
-                       size, tuple(cfg.INPUT.SIZE))
+    (the dataset's :meth:`~engine.data.datasets.DatasetBase.cache_groups`) the images come from those
+    shared caches."""
     if groups and data_source:
-        images = open_cache_view(groups, data_source, c.DIR, cfg.DATASET.NAME, size, cfg.INPUT.INTERPOLATION,
-                                 cache_workers(cfg))
+        images = open_cache_view(groups, data_source, fast.directory, fast.dataset, fast.size, fast.interpolation,
+                                 fast.num_workers)
     else:
-        images = open_decoded_cache(data_source, c.DIR, cfg.DATASET.NAME, split, size, cfg.INPUT.INTERPOLATION,
-                                    num_workers=cache_workers(cfg))
-    img0 = DeviceAugment.from_cfg(cfg, train=False, choices=["normalize"]) if cfg.DATALOADER.RETURN_IMG0 else None
-    return CachedLoader(
-        images, data_source, sampler, batch_size, DeviceAugment.from_cfg(cfg, train=is_train),
-        device if device is not None else loader_device(cfg), drop_last=drop_last, on_device=c.ON_DEVICE,
-        seed=seed, k_transforms=cfg.DATALOADER.K_TRANSFORMS if is_train else 1, img0_augment=img0)
+        images = open_decoded_cache(data_source, fast.directory, fast.dataset, split, fast.size, fast.interpolation,
+                                    num_workers=fast.num_workers)
+    return CachedLoader(images, data_source, sampler, batch_size, fast.augment(is_train), fast.device,
+                        drop_last=drop_last, on_device=fast.on_device, seed=seed,
+                        k_transforms=fast.k_transforms if is_train else 1, img0_augment=fast.img0_augment)

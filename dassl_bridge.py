@@ -1,16 +1,17 @@
 """Optional bridge to a real Dassl.pytorch install: run this project's trainers from a Dassl-based
 ``train.py`` (Dassl's ``tools/train.py``, or a codebase built the same way).
 
-Usage: two lines (plus their import) in that ``train.py``::
+It sits beside ``train.py``, above the engine, the datasets and the trainers, all of which it loads. Usage:
+two lines (plus their import) in that ``train.py``, with this project installed (``pip install -e .`` in its
+checkout)::
 
-    from engine.dassl_bridge import extend_dassl_cfg, register_with_dassl
+    from dassl_bridge import extend_dassl_cfg, register_with_dassl
     register_with_dassl()   # 1. at import, after the host's own trainer/dataset imports
     extend_dassl_cfg(cfg)   # 2. in the host's own extend_cfg(cfg), before any file is merged
 
 then ``python train.py --trainer PromptEmo --dataset-config-file configs/datasets/mofer.yaml
 --config-file configs/trainers/PromptEmo/vit_b32.yaml --root DATA --source-domains ... --target-domains ...``
-(run from, or with ``PYTHONPATH`` on, this project's root, so ``engine``, ``trainers`` and ``datasets``
-import).
+(the config paths relative to this project's checkout).
 
 What works
 - :func:`register_with_dassl` imports this project's ``trainers`` and ``datasets`` packages and adds
@@ -95,7 +96,7 @@ __all__ = ["DasslNotImportableError", "register_with_dassl", "extend_dassl_cfg",
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = os.path.dirname(os.path.abspath(__file__))
 # The project's packages that register trainers, datasets, readers and their config hooks.
 _PROJECT_PACKAGES = ("trainers", "datasets")
 # (kind, this project's module holding the registry, Dassl's module holding the registry)
@@ -104,7 +105,7 @@ _REGISTRIES = (
     ("DATASET", "engine.data.datasets", "dassl.data.datasets"),
     ("EVALUATOR", "engine.evaluation", "dassl.evaluation"),
 )
-_LOGGED_PACKAGES = ("engine", "trainers", "datasets")
+_LOGGED_PACKAGES = ("engine", "trainers", "datasets", "dassl_bridge")
 _BRIDGE_HANDLER_TAG = "_dassl_bridge_handler"
 
 
@@ -138,9 +139,11 @@ def _load_project() -> None:
         expected = os.path.join(PROJECT_ROOT, name)
         module = sys.modules.get(name)
         if module is None:
-            if PROJECT_ROOT not in sys.path:
-                sys.path.append(PROJECT_ROOT)
-            module = importlib.import_module(name)
+            try:
+                module = importlib.import_module(name)
+            except ImportError as e:
+                raise UserError(f"cannot import this project's '{name}' package ({e}); install the project in "
+                                f"this environment: pip install -e {PROJECT_ROOT}") from None
         found = os.path.dirname(getattr(module, "__file__", None) or "")
         if not found or not _same_path(found, expected):
             raise UserError(

@@ -1,0 +1,201 @@
+"""Results tables from run records: cells (mean ± std over seeds, with the markers of missing runs) and
+the two table shapes, one row per method: per unseen class (the paper's Tables 1 and 2) and per metric
+(a summary of one target and unseen set). The rules are in :mod:`reporting`."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from datasets.classes import CANONICAL_CLASSES
+from reporting.paper import column_label, metric_title, order_methods
+from reporting.records import RunRecord, unseen_key, unseen_sets_of
+
+MISSING = "—"
+
+
+@dataclass
+class Cell:
+    """The aggregate of one metric over the expected seeds of one group (or the Avg column).
+
+    ``values`` maps each expected seed with a finite value to it; ``n_nan`` counts expected seeds
+    whose run exists but has no finite value; ``has_run`` says whether any run exists at all;
+    ``expected`` is the number of expected seeds (for Avg: 7 classes, see ``avg_complete``)."""
+    values: dict[int, float]
+    expected: int
+    n_nan: int = 0
+    has_run: bool = True
+    avg_complete: int | None = None  # Avg cells only: number of complete class cells (of 7)
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return math.fsum(self.values.values()) / self.n if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        """Sample std (ddof=1); NaN with fewer than two values."""
+        if self.n < 2:
+            return math.nan
+        m = self.mean
+        return math.sqrt(math.fsum((v - m) ** 2 for v in self.values.values()) / (self.n - 1))
+
+    @property
+    def complete(self) -> bool:
+        return self.expected > 0 and self.n == self.expected
+
+    @property
+    def text(self) -> str:
+        return format_cell(self)
+
+
+def make_cell(runs: Iterable[RunRecord], metric: str, seeds: Sequence[int]) -> Cell:
+    """Aggregate ``metric`` over the runs of one group, counting only the expected ``seeds``."""
+    wanted = set(seeds)
+    by_seed = {r.seed: r for r in runs if r.seed in wanted}
+    values, n_nan = {}, 0
+    for s in sorted(by_seed):
+        v = by_seed[s].value(metric)
+        if math.isnan(v):
+            n_nan += 1
+        else:
+            values[s] = v
+    return Cell(values=values, expected=len(seeds), n_nan=n_nan, has_run=bool(by_seed))
+
+
+def _avg_cell(class_cells: Sequence[Cell], seeds: Sequence[int]) -> Cell:
+    complete = sum(c.complete for c in class_cells)
+    if complete < len(class_cells) or not seeds:
+        return Cell(values={}, expected=len(seeds), has_run=False, avg_complete=complete)
+    per_seed = {s: math.fsum(c.values[s] for c in class_cells) / len(class_cells) for s in seeds}
+    return Cell(values=per_seed, expected=len(seeds), avg_complete=complete)
+
+
+def format_cell(cell: Cell, decimals: int = 2) -> str:
+    """``70.66 ± 1.23``, with the markers described in the module docstring."""
+    if cell.avg_complete is not None and cell.n == 0:
+        return f"{MISSING} ({cell.avg_complete}/{len(CANONICAL_CLASSES)})"
+    if cell.n == 0:
+        if not cell.has_run:
+            return MISSING
+        return f"n/a ({cell.n}/{cell.expected}, {cell.n_nan} NaN)"
+    text = f"{cell.mean:.{decimals}f}"
+    if cell.n >= 2:
+        text += f" ± {cell.std:.{decimals}f}"
+    if cell.n < cell.expected:
+        text += f" ({cell.n}/{cell.expected}" + (f", {cell.n_nan} NaN)" if cell.n_nan else ")")
+    return text
+
+
+def aggregate(records: Iterable[RunRecord], metric: str, seeds: Sequence[int]) -> dict[tuple, Cell]:
+    """``{group: Cell}`` for every group (trainer, target, unseen, source_domains, backbone)."""
+    groups: dict[tuple, list[RunRecord]] = {}
+    for r in records:
+        groups.setdefault(r.group, []).append(r)
+    return {g: make_cell(runs, metric, seeds) for g, runs in groups.items()}
+
+
+@dataclass
+class Table:
+    """``cells[i][j]`` is the cell of ``rows[i]`` and ``columns[j]``. ``column_metrics[j]`` is the
+    metric of column j, ``column_unseen[j]`` its unseen set (None for Avg / mixed)."""
+    title: str
+    target: str
+    rows: list[str]
+    columns: list[str]
+    cells: list[list[Cell]]
+    column_metrics: list[str]
+    column_unseen: list[tuple[str, ...] | None]
+    row_header: str = "Method"
+
+    def texts(self) -> list[list[str]]:
+        return [[c.text for c in row] for row in self.cells]
+
+    def cell(self, row: str, column: str) -> Cell:
+        return self.cells[self.rows.index(row)][self.columns.index(column)]
+
+
+def _rows(records: Sequence[RunRecord]) -> list[tuple[str, str, tuple]]:
+    """``[(label, trainer, setting)]`` in row order; a method with several settings (backbone,
+    source domains) gets one row per setting, labelled with what differs."""
+    settings: dict[str, set] = {}
+    for r in records:
+        settings.setdefault(r.trainer, set()).add(r.setting)
+    rows = []
+    for trainer in order_methods(settings):
+        found = sorted(settings[trainer], key=lambda s: (s[1], s[0]))
+        if len(found) == 1:
+            rows.append((trainer, trainer, found[0]))
+            continue
+        vary_backbone = len({s[1] for s in found}) > 1
+        vary_sources = len({s[0] for s in found}) > 1
+        for sources, backbone in found:
+            parts = ([backbone] if vary_backbone else []) + \
+                    ([f"from {'+'.join(sources) or '?'}"] if vary_sources else [])
+            rows.append((f"{trainer} [{', '.join(parts)}]", trainer, (sources, backbone)))
+    return rows
+
+
+def _setting_note(records: Sequence[RunRecord]) -> str:
+    sources = {r.source_domains for r in records}
+    backbones = {r.backbone for r in records}
+    parts = []
+    if len(sources) == 1:
+        parts.append("sources: " + (", ".join(next(iter(sources))) or "?"))
+    if len(backbones) == 1:
+        parts.append("backbone: " + next(iter(backbones)))
+    return "; ".join(parts)
+
+
+def _seeds_note(seeds: Sequence[int]) -> str:
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"mean ± std over seeds {', '.join(map(str, seeds)) or 'none'}"
+
+
+def build_class_table(records: Sequence[RunRecord], metric: str, target: str, seeds: Sequence[int],
+                      title: str | None = None) -> Table:
+    """Rows = methods, columns = the 7 unseen classes + multi-class sets found + Avg, for ``metric``
+    on ``target`` (paper Table 1 with ``auc_u``, Table 2 with ``acc_s``)."""
+    recs = [r for r in records if r.target == target and r.seed in set(seeds)]
+    singles = [(c,) for c in CANONICAL_CLASSES]
+    extra = [u for u in unseen_sets_of(recs) if u not in singles]
+    unseen_cols = singles + extra
+    agg = aggregate(recs, metric, seeds)
+    rows, cells = [], []
+    for label, trainer, (sources, backbone) in _rows(recs):
+        row = []
+        for u in unseen_cols:
+            c = agg.get((trainer, target, u, sources, backbone))
+            row.append(c if c is not None else Cell(values={}, expected=len(seeds), has_run=False))
+        row.append(_avg_cell(row[:len(singles)], seeds))
+        rows.append(label)
+        cells.append(row)
+    if title is None:
+        note = "; ".join(p for p in (_seeds_note(seeds), _setting_note(recs)) if p)
+        title = f"{metric_title(metric)} (%) on {target} per unseen class ({note})"
+    return Table(title=title, target=target, rows=rows, columns=[column_label(u) for u in unseen_cols] + ["Avg"],
+                 cells=cells, column_metrics=[metric] * (len(unseen_cols) + 1),
+                 column_unseen=list(unseen_cols) + [None])
+
+
+def build_summary_table(records: Sequence[RunRecord], target: str, unseen: Sequence[str],
+                        metrics: Sequence[str], seeds: Sequence[int], title: str | None = None) -> Table:
+    """Rows = methods, columns = ``metrics``, for one (target, unseen set) pair."""
+    u = unseen_key(unseen)
+    recs = [r for r in records if r.target == target and r.unseen == u and r.seed in set(seeds)]
+    aggs = {m: aggregate(recs, m, seeds) for m in metrics}
+    rows, cells = [], []
+    for label, trainer, (sources, backbone) in _rows(recs):
+        g = (trainer, target, u, sources, backbone)
+        rows.append(label)
+        cells.append([aggs[m][g] for m in metrics])
+    if title is None:
+        names = ", ".join(u) or "none"
+        note = "; ".join(p for p in (_seeds_note(seeds), _setting_note(recs)) if p)
+        title = f"Results on {target}, unseen: {names} ({note})"
+    return Table(title=title, target=target, rows=rows, columns=[metric_title(m) for m in metrics], cells=cells,
+                 column_metrics=list(metrics), column_unseen=[u] * len(metrics))
