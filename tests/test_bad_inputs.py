@@ -1,5 +1,6 @@
-"""The bad-input battery (issue 7, item 5): every user mistake named in issues 2, 4 and 7, each run as
-``python train.py ...`` in a subprocess.
+"""The bad-input battery: mistakes with the command line and config files, the split, CLIP weights, the
+real datasets' layouts, training and the output folder, and saved runs, each run as ``python train.py ...``
+in a subprocess.
 
 For every case: a non-zero exit (2 for a user error, 3 for a non-finite loss), exactly one non-empty
 line on stderr, starting ``error: `` and naming the problem (and the file, path or key involved), no
@@ -75,7 +76,7 @@ class Case:
     setup_out: Callable[[str], tuple[str, Callable[[], None] | None]] | None = None  # -> (skip reason, cleanup)
 
 
-# ---------------------------------------------------------------------------- command lines
+# --------------------------------------------------------------------------------------- command lines
 def synth_argv(out: str, ctx: Ctx, *extra: str, root: str | None = None, dataset_yaml: str = SYNTH_YAML,
                config: str = ZS_TINY_YAML) -> list[str]:
     """Zero-shot CLIP (tiny) on the synthetic domains: nothing to train, so it is seconds when it runs."""
@@ -106,7 +107,29 @@ def real_root_with(ctx: Ctx, d: str, broken: str) -> str:
     return root
 
 
-# ---------------------------------------------------------------------------- issue 2
+# ------------------------------------------------------------------- the command line and config files
+def key_typo_cmdline(ctx, d, out):
+    return (synth_argv(out, ctx, "OPTIM.MAX_EPOH", "3"),
+            ["unknown config key OPTIM.MAX_EPOH in the command line", "OPTIM.MAX_EPOCH"])
+
+
+def key_typo_yaml(ctx, d, out):
+    path = osp.join(d, "my_method.yaml")
+    with open(path, "w") as f:
+        f.write(f"_BASE_: {ZS_TINY_YAML}\nOPTIM:\n  MAX_EPOH: 3\n")
+    return synth_argv(out, ctx, config=path), [f"unknown config key OPTIM.MAX_EPOH in {path}", "OPTIM.MAX_EPOCH"]
+
+
+def missing_config_file(ctx, d, out):
+    path = osp.join(d, "nope.yaml")
+    return synth_argv(out, ctx, config=path), [f"config file not found: {path}"]
+
+
+def unregistered_trainer(ctx, d, out):
+    return synth_argv(out, ctx, "--trainer", "PromptEmoo"), ["'PromptEmoo' is not a registered trainer"]
+
+
+# ---------------------------------------------------- the split: dataset root, domains, unseen classes
 def missing_root(ctx, d, out):
     # a real (non-synthetic) domain: synthetic domains would be generated under a missing root
     root = osp.join(d, "missing")
@@ -127,22 +150,7 @@ def unknown_unseen_class(ctx, d, out):
     return synth_argv(out, ctx, "DATASET.UNSEEN_CLASSES", "feer"), ["unknown expression class 'feer'"]
 
 
-def key_typo_cmdline(ctx, d, out):
-    return (synth_argv(out, ctx, "OPTIM.MAX_EPOH", "3"),
-            ["unknown config key OPTIM.MAX_EPOH in the command line", "OPTIM.MAX_EPOCH"])
-
-
-def key_typo_yaml(ctx, d, out):
-    path = osp.join(d, "my_method.yaml")
-    with open(path, "w") as f:
-        f.write(f"_BASE_: {ZS_TINY_YAML}\nOPTIM:\n  MAX_EPOH: 3\n")
-    return synth_argv(out, ctx, config=path), [f"unknown config key OPTIM.MAX_EPOH in {path}", "OPTIM.MAX_EPOCH"]
-
-
-def unregistered_trainer(ctx, d, out):
-    return synth_argv(out, ctx, "--trainer", "PromptEmoo"), ["'PromptEmoo' is not a registered trainer"]
-
-
+# ---------------------------------------------------------------------------------------- CLIP weights
 def missing_weights(ctx, d, out):
     return (synth_argv(out, ctx, "--backbone", "/nowhere/ViT-B-32.pt"),
             ["CLIP weights file not found: /nowhere/ViT-B-32.pt"])
@@ -156,12 +164,7 @@ def corrupt_weights(ctx, d, out):
     return synth_argv(out, ctx, "--backbone", path), [f"cannot load CLIP weights from {path}"]
 
 
-def missing_config_file(ctx, d, out):
-    path = osp.join(d, "nope.yaml")
-    return synth_argv(out, ctx, config=path), [f"config file not found: {path}"]
-
-
-# ---------------------------------------------------------------------------- issue 4 (real layouts)
+# -------------------------------------------------------------------------- the real datasets' layouts
 RAFDB_LABELS = osp.join("rafdb", "basic", "EmoLabel", "list_patition_label.txt")
 RAFDB_ALIGNED = osp.join("rafdb", "basic", "Image", "aligned")
 
@@ -224,7 +227,12 @@ def empty_class(ctx, d, out):
             ["domain 'rafdb' has no train images of class 'happiness' after filtering"])
 
 
-# ---------------------------------------------------------------------------- issue 7
+# ---------------------------------------------------------------------- training and the output folder
+def non_finite_loss(ctx, d, out):
+    return (promptemo_argv(out, ctx, "OPTIM.LR", "1e30"),
+            ["non-finite loss at epoch 1", re.compile(r"\b(step|batch) \d+"), "loss="])
+
+
 def make_unwritable(out: str) -> tuple[str, Callable[[], None] | None]:
     """chmod 0o555 OUTPUT_DIR. Root ignores the mode bits (os.access still says writable): then try the
     immutable flag (chattr +i, which binds root too, where the file system and capabilities allow it);
@@ -258,6 +266,7 @@ def output_is_a_file(ctx, d, out):
     return synth_argv(path, ctx), [("not writable", "cannot write", "not a folder", "not a directory"), path]
 
 
+# ------------------------------------------------------------------------------ evaluating a saved run
 def eval_model_dir_missing(ctx, d, out):
     missing = osp.join(d, "no-such-run")
     return promptemo_argv(out, ctx, "--eval-only", "--model-dir", missing), [f"model directory not found: {missing}"]
@@ -292,24 +301,21 @@ def eval_truncated_checkpoint(ctx, d, out):
     return promptemo_argv(out, ctx, "--eval-only", "--model-dir", run), [f"cannot read checkpoint {ckpt}"]
 
 
-def non_finite_loss(ctx, d, out):
-    return (promptemo_argv(out, ctx, "OPTIM.LR", "1e30"),
-            ["non-finite loss at epoch 1", re.compile(r"\b(step|batch) \d+"), "loss="])
-
-
 CASES = [
-    # issue 2
+    # the command line and config files
+    Case("config_key_typo_cmdline", key_typo_cmdline),
+    Case("config_key_typo_yaml", key_typo_yaml),
+    Case("missing_config_file", missing_config_file),
+    Case("unregistered_trainer", unregistered_trainer),
+    # the split: dataset root, domains, unseen classes
     Case("missing_root", missing_root),
     Case("unknown_domain", unknown_domain),
     Case("source_equals_target", source_is_target),
     Case("unknown_unseen_class", unknown_unseen_class),
-    Case("config_key_typo_cmdline", key_typo_cmdline),
-    Case("config_key_typo_yaml", key_typo_yaml),
-    Case("unregistered_trainer", unregistered_trainer),
+    # CLIP weights
     Case("missing_weights_file", missing_weights),
     Case("corrupt_weights_file", corrupt_weights),
-    Case("missing_config_file", missing_config_file),
-    # issue 4
+    # the real datasets' layouts
     Case("dataset_folder_missing", dataset_folder_missing),
     Case("label_file_missing", label_file_missing),
     Case("label_line_unparsable", label_line_unparsable),
@@ -317,10 +323,11 @@ CASES = [
     Case("image_listed_but_absent", image_missing),
     Case("image_truncated", image_truncated),
     Case("empty_class_after_filtering", empty_class),
-    # issue 7
+    # training and the output folder
     Case("non_finite_loss", non_finite_loss, code=3, starts="error: non-finite loss"),
     Case("output_not_writable", output_not_writable, setup_out=make_unwritable),
     Case("output_dir_is_a_file", output_is_a_file),
+    # evaluating a saved run
     Case("eval_model_dir_missing", eval_model_dir_missing),
     Case("eval_epoch_missing", eval_epoch_missing, needs_run=True),
     Case("eval_other_class_count", eval_other_class_count, needs_run=True),
@@ -330,7 +337,7 @@ CASES = [
 assert len({c.id for c in CASES}) == len(CASES)
 
 
-# ---------------------------------------------------------------------------- running
+# --------------------------------------------------------------------------------------------- running
 @dataclass
 class Outcome:
     prepared: Prepared

@@ -122,18 +122,8 @@ def auroc_unseen(unseen: np.ndarray, score: np.ndarray) -> float:
 def aupr_unseen(unseen: np.ndarray, score: np.ndarray) -> float:
     """Average precision for detecting unseen samples (unseen = positive); higher is better.
 
-    Tied scores form a single threshold step (sklearn
-    ``average_precision_score``, no interpolation).
-
-    Parameters
-    ----------
-    unseen : (N,) bool array, True = unseen (positive class).
-    score : (N,) float array, higher = more likely unseen.
-
-    Returns
-    -------
-    float
-        AP in [0, 1]; NaN if there is no unseen or no seen sample.
+    Tied scores form a single threshold step (sklearn ``average_precision_score``, no interpolation).
+    Arguments as :func:`auroc_unseen`. Returns AP in [0, 1]; NaN if there is no unseen or no seen sample.
     """
     return _detection(average_precision_score, unseen, score)
 
