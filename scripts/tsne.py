@@ -110,9 +110,9 @@ def extract(trainer, items: Sequence) -> np.ndarray:
 
 def collect_features(trainer, max_per_domain: int = 500, seed: int = 0) -> Features:
     """Features of the source training images and the target test images, ``max_per_domain`` each."""
-    ds = trainer.dm.dataset
+    ds, split = trainer.dm.dataset, trainer.split_info
     rng = np.random.default_rng(seed)
-    sources = list(ds.source_domains)
+    sources = list(split.source_domains)
     items = []
     for m in range(len(sources)):
         pool = [it for it in ds.train_x if it.domain == m]
@@ -125,8 +125,8 @@ def collect_features(trainer, max_per_domain: int = 500, seed: int = 0) -> Featu
     is_target = np.arange(len(feats)) >= n_src
     domain = np.array([it.domain for it in items] + [len(sources)] * len(test), dtype=int)
     labels = np.array([it.label for it in items + test], dtype=int)
-    return Features(feats, is_target, labels, domain, sources + [ds.target_domain],
-                    list(ds.seen_classnames), list(ds.unseen_classnames))
+    return Features(feats, is_target, labels, domain, sources + list(split.target_domains),
+                    list(split.seen_classes), list(split.unseen_classes))
 
 
 # -------------------------------------------------------------------- t-SNE

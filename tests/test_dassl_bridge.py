@@ -1,4 +1,4 @@
-"""The optional bridge to a real Dassl install (engine/dassl_bridge.py).
+"""The optional bridge to a real Dassl install (dassl_bridge.py).
 
 Tests that need Dassl skip where ``dassl`` (or what its import needs) is not importable; to run them,
 put a Dassl.pytorch checkout and its import-time dependencies on PYTHONPATH for one pytest run, e.g.

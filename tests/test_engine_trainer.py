@@ -137,3 +137,26 @@ def test_trainer_turns_cudnn_benchmark_on_for_cuda_runs_as_dassl_does(synthetic_
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     trainer = build_trainer(make_cfg(synthetic_root, str(tmp_path), trainer="ToyXU"))
     assert torch.backends.cudnn.benchmark is (trainer.device.type == "cuda")
+
+
+def test_checkpoint_format_is_the_one_older_checkpoints_have(synthetic_root, tmp_path):
+    """Checkpoints written by earlier versions load and resume only while the entries and the run signature
+    keep their names: pinned here, so that a change to them is a decision, not an accident."""
+    out = str(tmp_path / "run")
+    setup_logger(out)
+    trainer = build_trainer(make_cfg(synthetic_root, out, *OPTS, "OPTIM.MAX_EPOCH", "1", "TRAIN.CHECKPOINT_STEPS",
+                                     "4", trainer="ToyXU"))
+    trainer.train()
+    epoch_ckpt = load_checkpoint(os.path.join(out, "model", "model.pth.tar-1"))
+    assert set(epoch_ckpt) == {"state_dict", "epoch", "optimizer", "scheduler", "val_result", "run_signature",
+                               "rng_state", "loader_state"}
+    assert epoch_ckpt["run_signature"] == {
+        "trainer": "ToyXU", "backbone": "tiny", "dataset": "MOFER",
+        "source_domains": ["synth_color", "synth_gray", "synth_lab"], "target_domains": ["synth_wild"],
+        "unseen_classes": ["fear"], "num_classes": 6}
+    assert set(epoch_ckpt["rng_state"]) >= {"python", "numpy", "torch"}
+    assert set(epoch_ckpt["loader_state"]) == {"train_x", "train_u"}
+    assert set(epoch_ckpt["loader_state"]["train_x"]) == {"pass_start", "consumed", "generator"}
+    step_ckpt = load_checkpoint(os.path.join(out, "model", "model.pth.tar-1-step4"))
+    assert set(step_ckpt) == set(epoch_ckpt) | {"step_in_epoch"}
+    assert (step_ckpt["epoch"], step_ckpt["step_in_epoch"], epoch_ckpt["epoch"]) == (0, 4, 1)

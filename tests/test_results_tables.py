@@ -1,4 +1,4 @@
-"""Results tables (engine/evaluation/tables.py) and their CLI (scripts/results.py), from
+"""Results tables (reporting/) and their CLI (scripts/results.py), from
 hand-written results.json files."""
 from __future__ import annotations
 
