@@ -2,9 +2,10 @@
 
 Keys this engine adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATALOADER.DOMAIN_EPOCH``,
 ``DATALOADER.CACHE.*`` (the fast data path, :mod:`engine.data.fast.settings`), ``CUDNN_BENCHMARK``,
-``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.COMPILE``, ``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``,
-``MODEL.CLS_ONLY_LAST_BLOCK``, ``OPTIM.FUSED``, ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``,
-``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``, ``TEST.SAVE_PREDICTIONS``. Method keys
+``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.BACKBONE.WEIGHTS``, ``MODEL.BACKBONE.WIDTH``, ``MODEL.COMPILE``,
+``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``MODEL.CLS_ONLY_LAST_BLOCK``, ``OPTIM.FUSED``,
+``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``,
+``TEST.SAVE_PREDICTIONS``. Method keys
 (``TRAINER.<METHOD>.*``) and dataset keys (``DATASET.<READER>.*``...) are added by config hooks of the
 packages that define them (see :func:`engine.config.extend_cfg`).
 
@@ -63,6 +64,11 @@ _C.INPUT.COLORJITTER_S = 0.4
 _C.INPUT.COLORJITTER_H = 0.1
 # Probability of random grayscale
 _C.INPUT.RGS_P = 0.2
+# random_affine: rotation within +-DEGREES, translation within +-TRANSLATE of the width and height, scale in
+# SCALE (the values of DUML's and LA-CMFER's training transform)
+_C.INPUT.AFFINE_DEGREES = 15.0
+_C.INPUT.AFFINE_TRANSLATE = (0.05, 0.05)
+_C.INPUT.AFFINE_SCALE = (0.9, 1.05)
 # Gaussian blur probability and kernel size
 _C.INPUT.GB_P = 0.5
 _C.INPUT.GB_K = 21
@@ -130,11 +136,16 @@ _C.MODEL = CN()
 # Path to model weights (for initialization)
 _C.MODEL.INIT_WEIGHTS = ""
 _C.MODEL.BACKBONE = CN()
-# CLIP backbone: an OpenAI name ("ViT-B/32"), a path to a local checkpoint file, or "tiny"
+# CLIP backbone: an OpenAI name ("ViT-B/32"), a path to a local checkpoint file, or "tiny"; for the methods
+# not built on CLIP, a ResNet (resnet18, resnet34, resnet50)
 _C.MODEL.BACKBONE.NAME = "ViT-B/32"
 _C.MODEL.BACKBONE.PRETRAINED = True
 # Where OpenAI names are downloaded to and looked up ("" = ~/.cache/clip, as clip.load does)
 _C.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
+# Non-CLIP backbones (engine/modeling/resnet.py): a local weights file ("" = random weights) and the width of
+# the first stage (64 = torchvision's; smaller for CPU tests)
+_C.MODEL.BACKBONE.WEIGHTS = ""
+_C.MODEL.BACKBONE.WIDTH = 64
 # torch.compile what trainers pass through engine.utils.tools.compiled (encoders, losses) and the fast path's
 # training augmentation (faster steps on GPUs after a one-off compilation)
 _C.MODEL.COMPILE = False
@@ -168,8 +179,15 @@ _C.OPTIM.SGD_DAMPNING = 0
 _C.OPTIM.SGD_NESTEROV = False
 _C.OPTIM.ADAM_BETA1 = 0.9
 _C.OPTIM.ADAM_BETA2 = 0.999
-# Learning rate scheduler: single_step, multi_step or cosine
+# Learning rate scheduler: single_step, multi_step, cosine or inverse_decay
 _C.OPTIM.LR_SCHEDULER = "single_step"
+# When the scheduler steps: after every "epoch" (Dassl) or after every training "step"
+_C.OPTIM.LR_UPDATE = "epoch"
+# inverse_decay: lr * (1 + GAMMA * min(1, t / MAX_ITER)) ** -POWER at scheduler step t (Caffe's "inv", DANN's values)
+_C.OPTIM.INVERSE_DECAY = CN()
+_C.OPTIM.INVERSE_DECAY.GAMMA = 10.0
+_C.OPTIM.INVERSE_DECAY.POWER = 0.75
+_C.OPTIM.INVERSE_DECAY.MAX_ITER = 10000
 # -1 or 0 means the stepsize is equal to max_epoch
 _C.OPTIM.STEPSIZE = (-1,)
 _C.OPTIM.GAMMA = 0.1

@@ -1,8 +1,11 @@
 """Image transforms by Dassl's names (``INPUT.TRANSFORMS``).
 
-Train-time choices: ``random_resized_crop, random_crop, center_crop, random_flip, colorjitter,
-randomgrayscale, gaussian_blur, gaussian_noise, normalize``. Test time always resizes the short side
-to ``max(INPUT.SIZE)`` and centre-crops, then applies ``normalize`` if chosen (as Dassl does).
+Train-time choices, applied in this order whatever the order of ``INPUT.TRANSFORMS``:
+``random_resized_crop, random_crop, center_crop, random_flip, colorjitter, randomgrayscale,
+random_affine, gaussian_blur, gaussian_noise, normalize`` (pixel-wise colour transforms commute with a
+flip, so DUML's and LA-CMFER's "jitter, greyscale, flip, affine" has this order's distribution). Test
+time always resizes the short side to ``max(INPUT.SIZE)`` and centre-crops, then applies ``normalize`` if
+chosen (as Dassl does).
 
 One deviation from Dassl, on purpose: ``random_crop`` resizes to ``INPUT.SIZE`` first. Dassl crops
 the raw image, which only works when every image already has the input size; FER datasets mix
@@ -19,7 +22,7 @@ from torchvision.transforms import InterpolationMode
 from engine.utils.errors import UserError
 
 AVAILABLE_TRANSFORMS = (
-    "random_resized_crop", "random_crop", "center_crop", "random_flip", "colorjitter",
+    "random_resized_crop", "random_crop", "center_crop", "random_flip", "random_affine", "colorjitter",
     "randomgrayscale", "gaussian_blur", "gaussian_noise", "normalize",
 )
 
@@ -84,6 +87,9 @@ def build_transform(cfg, is_train: bool = True, choices: Sequence[str] | None = 
                                       saturation=cfg.INPUT.COLORJITTER_S, hue=cfg.INPUT.COLORJITTER_H))
         if "randomgrayscale" in choices:
             tfms.append(T.RandomGrayscale(p=cfg.INPUT.RGS_P))
+        if "random_affine" in choices:  # after the colour transforms: the fill stays black, as DUML's
+            tfms.append(T.RandomAffine(degrees=cfg.INPUT.AFFINE_DEGREES, translate=tuple(cfg.INPUT.AFFINE_TRANSLATE),
+                                       scale=tuple(cfg.INPUT.AFFINE_SCALE), fill=0))
         if "gaussian_blur" in choices:
             tfms.append(T.RandomApply([T.GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P))
         tfms.append(T.ToTensor())

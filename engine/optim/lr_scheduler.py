@@ -1,18 +1,22 @@
-"""Learning-rate schedulers (Dassl's ``build_lr_scheduler``), stepped once per epoch.
+"""Learning-rate schedulers (Dassl's ``build_lr_scheduler``), stepped once per epoch, or after every
+training step with ``OPTIM.LR_UPDATE step`` (the loop does it).
 
 ``single_step`` (StepLR), ``multi_step`` (MultiStepLR), ``cosine`` (CosineAnnealingLR over
-MAX_EPOCH); ``OPTIM.WARMUP_EPOCH > 0`` puts a ``constant`` or ``linear`` warm-up in front.
+MAX_EPOCH), ``inverse_decay`` (``lr * (1 + gamma * min(1, t / max_iter)) ** -power`` at step ``t``, the
+"inv" policy of Caffe and DANN: ``OPTIM.INVERSE_DECAY.*``, meant for ``LR_UPDATE step``);
+``OPTIM.WARMUP_EPOCH > 0`` puts a ``constant`` or ``linear`` warm-up in front.
 Every scheduler's ``state_dict`` holds only plain types, so checkpoints load with
 ``weights_only=True`` (Dassl's warm-up scheduler pickles its successor object).
 """
 from __future__ import annotations
 
 import torch
-from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler, MultiStepLR, StepLR
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler, MultiStepLR, StepLR
 
 from engine.utils.errors import UserError
 
-AVAILABLE_LR_SCHEDULERS = ("single_step", "multi_step", "cosine")
+AVAILABLE_LR_SCHEDULERS = ("single_step", "multi_step", "cosine", "inverse_decay")
+LR_UPDATES = ("epoch", "step")
 
 
 class WarmupScheduler(LRScheduler):
@@ -78,6 +82,10 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim_cfg) -> LRSchedul
         scheduler = MultiStepLR(optimizer, milestones=stepsize, gamma=optim_cfg.GAMMA)
     elif name == "cosine":
         scheduler = CosineAnnealingLR(optimizer, T_max=max(max_epoch, 1))
+    elif name == "inverse_decay":
+        c = optim_cfg.INVERSE_DECAY
+        gamma, power, max_iter = float(c.GAMMA), float(c.POWER), max(int(c.MAX_ITER), 1)
+        scheduler = LambdaLR(optimizer, lambda t: (1.0 + gamma * min(1.0, t / max_iter)) ** -power)
     else:
         raise UserError(f"unknown lr scheduler '{name}' (OPTIM.LR_SCHEDULER); "
                         f"choose from {', '.join(AVAILABLE_LR_SCHEDULERS)}")

@@ -64,8 +64,8 @@ class TrainerBase:
             self._models[name].train(mode == "train")
 
     def update_lr(self, names: str | list[str] | None = None) -> None:
-        """Step the schedulers (once per epoch). The epoch loop calls it at the end of an epoch
-        unless ``forward_backward`` already did, as trainers written for Dassl do."""
+        """Step the schedulers. The epoch loop calls it after every step with ``OPTIM.LR_UPDATE step``, else at
+        the end of an epoch unless ``forward_backward`` already did, as trainers written for Dassl do."""
         self._lr_updated = True
         for name in self.get_model_names(names):
             if self._scheds[name] is not None:

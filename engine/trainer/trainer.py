@@ -36,6 +36,7 @@ import torch
 
 from engine.data import DataManager
 from engine.evaluation import build_evaluator
+from engine.optim.lr_scheduler import LR_UPDATES
 from engine.registry import Registry
 from engine.trainer.base import TrainerBase
 from engine.trainer.loop_state import LoaderCursor, NonFiniteWatch
@@ -103,6 +104,8 @@ class SimpleTrainer(TrainerBase):
             raise UserError(f"TEST.FINAL_MODEL must be 'last_step' or 'best_val', got '{cfg.TEST.FINAL_MODEL}'")
         if cfg.TRAIN.COUNT_ITER not in ("train_x", "train_u", "smaller_one"):
             raise UserError(f"TRAIN.COUNT_ITER must be train_x, train_u or smaller_one, got '{cfg.TRAIN.COUNT_ITER}'")
+        if cfg.OPTIM.LR_UPDATE not in LR_UPDATES:
+            raise UserError(f"OPTIM.LR_UPDATE must be epoch or step, got '{cfg.OPTIM.LR_UPDATE}'")
         if cfg.MODEL.COMPILE_MODE not in COMPILE_MODES:
             raise UserError(f"MODEL.COMPILE_MODE must be one of {', '.join(COMPILE_MODES)}, "
                             f"got '{cfg.MODEL.COMPILE_MODE}'")
@@ -288,6 +291,7 @@ class SimpleTrainer(TrainerBase):
         count = 0
         print_freq = max(1, self.cfg.TRAIN.PRINT_FREQ)
         step_ckpt = self.cfg.TRAIN.CHECKPOINT_STEPS
+        lr_per_step = self.cfg.OPTIM.LR_UPDATE == "step"
         end = time.time()
         self._lr_updated = False
         bar = self.progress(range(start, num_batches), desc=f"epoch {self.epoch + 1}/{self.max_epoch}",
@@ -297,6 +301,8 @@ class SimpleTrainer(TrainerBase):
             data_time.update(time.time() - end)
             self.begin_step()
             loss_summary = step(*batches) or {}
+            if lr_per_step:
+                self.update_lr()
             if self._nonfinite is not None:
                 self._nonfinite.observe(loss_summary, self.epoch, self.batch_idx)
             for name, value in loss_summary.items():
