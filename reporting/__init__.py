@@ -21,11 +21,15 @@ Decisions (the rules the tables follow)
 * **Groups.** Runs are averaged only within a group (trainer, target, unseen set, source domains,
   backbone). Two files of the same group *and* seed are a duplicate: the first in sorted path
   order is kept, the other skipped with a warning (never averaged in).
-* **Rows.** One row per method, in the paper's order (:mod:`reporting.paper`): Baseline, CoOp, ZSCLIP,
-  then any other trainer alphabetically, PromptEmo last. If, within one table, a method was run with several backbones or
-  source-domain sets, each setting is its own row labelled with what differs, e.g.
-  ``PromptEmo [tiny]`` / ``PromptEmo [ViT-B/32]`` or ``PromptEmo [from a+b+c]`` (both parts when both
-  differ). A method with a single setting keeps its plain name.
+* **Rows.** One row per method, in the paper's order (:mod:`reporting.paper`): Baseline, CoOp, NENO,
+  OS-FER, DUML, LA-CMFER (Table 1's order), LA-CMFER + CLIP and ZSCLIP (not in Table 1), then any
+  other trainer alphabetically, PromptEmo last. A row shows the paper's name of the method
+  (:func:`method_name`: trainer ``OSFER`` is ``OS-FER``, ``LACMFER`` ``LA-CMFER``, ``LACMFERCLIP``
+  ``LA-CMFER + CLIP``) in every format; the CSV's ``trainer`` column and ``--methods`` keep the trainer
+  name of ``results.json`` (``--methods`` also takes the paper's name). If, within one table, a method
+  was run with several backbones or source-domain sets, each setting is its own row labelled with what
+  differs, e.g. ``PromptEmo [tiny]`` / ``PromptEmo [ViT-B/32]`` or ``OS-FER [from a+b+c]`` (both parts
+  when both differ). A method with a single setting keeps its plain name.
 * **Columns** (class tables): the 7 single unseen classes in canonical order (always shown, ``—``
   where nothing ran), then one column per multi-class unseen set found for that target, named by
   joining the short names with ``+`` (``Sur.+Fea.``), in canonical order; a run with no unseen class
@@ -46,8 +50,8 @@ Decisions (the rules the tables follow)
   ``csv``: long format, one line per cell with unformatted numbers (``repr`` precision), columns
   :data:`CSV_FIELDS`; several tables share one header.
 """
-from reporting.paper import (FIRST_METHODS, LAST_METHODS, METRIC_TITLES, PAPER_TARGETS, column_label, metric_title,
-                             order_methods, order_targets)
+from reporting.paper import (FIRST_METHODS, LAST_METHODS, METHOD_NAMES, METRIC_TITLES, PAPER_TARGETS, column_label,
+                             method_name, metric_title, order_methods, order_targets)
 from reporting.records import (ResultsWarning, RunRecord, collect_results, expected_seeds, filter_records,
                                read_result, targets_of, unseen_key, unseen_sets_of)
 from reporting.render import CSV_FIELDS, FORMATS, render_table, render_tables
@@ -55,8 +59,8 @@ from reporting.tables import MISSING, Cell, Table, aggregate, build_class_table,
 
 __all__ = [
     "RunRecord", "Cell", "Table", "ResultsWarning", "CSV_FIELDS", "FORMATS", "METRIC_TITLES", "PAPER_TARGETS",
-    "FIRST_METHODS", "LAST_METHODS", "MISSING", "read_result", "collect_results", "expected_seeds", "filter_records",
-    "targets_of", "unseen_key", "unseen_sets_of", "order_methods", "order_targets", "column_label", "aggregate",
+    "FIRST_METHODS", "LAST_METHODS", "METHOD_NAMES", "MISSING", "method_name", "read_result", "collect_results",
+    "expected_seeds", "filter_records", "targets_of", "unseen_key", "unseen_sets_of", "order_methods", "order_targets", "column_label", "aggregate",
     "make_cell", "format_cell", "build_class_table", "build_summary_table", "metric_title", "render_table",
     "render_tables",
 ]

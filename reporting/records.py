@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from datasets.classes import CANONICAL_CLASSES, canonical_name
-from reporting.paper import order_targets
+from reporting.paper import method_name, order_targets
 
 
 class ResultsWarning(UserWarning):
@@ -139,11 +139,13 @@ def expected_seeds(records: Iterable[RunRecord]) -> tuple[int, ...]:
 
 def filter_records(records: Iterable[RunRecord], *, targets: Sequence[str] | None = None,
                    methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None) -> list[RunRecord]:
-    """Keep runs of the given targets / methods (case-insensitive) / seeds; None keeps all."""
+    """Keep runs of the given targets / methods / seeds; None keeps all. Targets and methods are
+    case-insensitive; a method is a trainer name or the paper's name of it (``OSFER`` or ``OS-FER``)."""
     t = None if targets is None else {x.lower() for x in targets}
     m = None if methods is None else {x.lower() for x in methods}
     s = None if seeds is None else set(seeds)
-    return [r for r in records if (t is None or r.target.lower() in t) and (m is None or r.trainer.lower() in m)
+    return [r for r in records if (t is None or r.target.lower() in t)
+            and (m is None or r.trainer.lower() in m or method_name(r.trainer).lower() in m)
             and (s is None or r.seed in s)]
 
 

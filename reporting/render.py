@@ -11,8 +11,8 @@ from tabulate import tabulate
 from reporting.tables import MISSING, Table
 
 FORMATS = ("plain", "markdown", "csv", "latex")
-CSV_FIELDS = ("table", "target", "unseen", "row", "column", "metric", "mean", "std", "n", "expected", "n_nan",
-              "display")
+CSV_FIELDS = ("table", "target", "unseen", "row", "trainer", "column", "metric", "mean", "std", "n", "expected",
+              "n_nan", "display")
 
 
 def _num(x: float) -> str:
@@ -21,10 +21,10 @@ def _num(x: float) -> str:
 
 def _csv_rows(table: Table) -> list[list[str]]:
     out = []
-    for label, row in zip(table.rows, table.cells):
+    for label, trainer, row in zip(table.rows, table.row_methods, table.cells):
         for j, cell in enumerate(row):
             u = table.column_unseen[j]
-            out.append([table.title, table.target, "" if u is None else "+".join(u) or "none", label,
+            out.append([table.title, table.target, "" if u is None else "+".join(u) or "none", label, trainer,
                         table.columns[j], table.column_metrics[j], _num(cell.mean), _num(cell.std), str(cell.n),
                         str(cell.expected), str(cell.n_nan), cell.text])
     return out

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from datasets.classes import CANONICAL_CLASSES
-from reporting.paper import column_label, metric_title, order_methods
+from reporting.paper import column_label, method_name, metric_title, order_methods
 from reporting.records import RunRecord, unseen_key, unseen_sets_of
 
 MISSING = "—"
@@ -100,8 +100,10 @@ def aggregate(records: Iterable[RunRecord], metric: str, seeds: Sequence[int]) -
 
 @dataclass
 class Table:
-    """``cells[i][j]`` is the cell of ``rows[i]`` and ``columns[j]``. ``column_metrics[j]`` is the
-    metric of column j, ``column_unseen[j]`` its unseen set (None for Avg / mixed)."""
+    """``cells[i][j]`` is the cell of ``rows[i]`` and ``columns[j]``. ``rows[i]`` is the label shown (the
+    paper's method name, with the setting when a method has several), ``row_methods[i]`` the trainer name
+    of its runs. ``column_metrics[j]`` is the metric of column j, ``column_unseen[j]`` its unseen set
+    (None for Avg)."""
     title: str
     target: str
     rows: list[str]
@@ -109,6 +111,7 @@ class Table:
     cells: list[list[Cell]]
     column_metrics: list[str]
     column_unseen: list[tuple[str, ...] | None]
+    row_methods: list[str]
     row_header: str = "Method"
 
     def texts(self) -> list[list[str]]:
@@ -119,23 +122,25 @@ class Table:
 
 
 def _rows(records: Sequence[RunRecord]) -> list[tuple[str, str, tuple]]:
-    """``[(label, trainer, setting)]`` in row order; a method with several settings (backbone,
-    source domains) gets one row per setting, labelled with what differs."""
+    """``[(label, trainer, setting)]`` in row order; the label is the paper's name of the method, and a
+    method with several settings (backbone, source domains) gets one row per setting, labelled with
+    what differs."""
     settings: dict[str, set] = {}
     for r in records:
         settings.setdefault(r.trainer, set()).add(r.setting)
     rows = []
     for trainer in order_methods(settings):
         found = sorted(settings[trainer], key=lambda s: (s[1], s[0]))
+        name = method_name(trainer)
         if len(found) == 1:
-            rows.append((trainer, trainer, found[0]))
+            rows.append((name, trainer, found[0]))
             continue
         vary_backbone = len({s[1] for s in found}) > 1
         vary_sources = len({s[0] for s in found}) > 1
         for sources, backbone in found:
             parts = ([backbone] if vary_backbone else []) + \
                     ([f"from {'+'.join(sources) or '?'}"] if vary_sources else [])
-            rows.append((f"{trainer} [{', '.join(parts)}]", trainer, (sources, backbone)))
+            rows.append((f"{name} [{', '.join(parts)}]", trainer, (sources, backbone)))
     return rows
 
 
@@ -165,7 +170,7 @@ def build_class_table(records: Sequence[RunRecord], metric: str, target: str, se
     extra = [u for u in unseen_sets_of(recs) if u not in singles]
     unseen_cols = singles + extra
     agg = aggregate(recs, metric, seeds)
-    rows, cells = [], []
+    rows, trainers, cells = [], [], []
     for label, trainer, (sources, backbone) in _rows(recs):
         row = []
         for u in unseen_cols:
@@ -173,13 +178,14 @@ def build_class_table(records: Sequence[RunRecord], metric: str, target: str, se
             row.append(c if c is not None else Cell(values={}, expected=len(seeds), has_run=False))
         row.append(_avg_cell(row[:len(singles)], seeds))
         rows.append(label)
+        trainers.append(trainer)
         cells.append(row)
     if title is None:
         note = "; ".join(p for p in (_seeds_note(seeds), _setting_note(recs)) if p)
         title = f"{metric_title(metric)} (%) on {target} per unseen class ({note})"
     return Table(title=title, target=target, rows=rows, columns=[column_label(u) for u in unseen_cols] + ["Avg"],
                  cells=cells, column_metrics=[metric] * (len(unseen_cols) + 1),
-                 column_unseen=list(unseen_cols) + [None])
+                 column_unseen=list(unseen_cols) + [None], row_methods=trainers)
 
 
 def build_summary_table(records: Sequence[RunRecord], target: str, unseen: Sequence[str],
@@ -188,14 +194,15 @@ def build_summary_table(records: Sequence[RunRecord], target: str, unseen: Seque
     u = unseen_key(unseen)
     recs = [r for r in records if r.target == target and r.unseen == u and r.seed in set(seeds)]
     aggs = {m: aggregate(recs, m, seeds) for m in metrics}
-    rows, cells = [], []
+    rows, trainers, cells = [], [], []
     for label, trainer, (sources, backbone) in _rows(recs):
         g = (trainer, target, u, sources, backbone)
         rows.append(label)
+        trainers.append(trainer)
         cells.append([aggs[m][g] for m in metrics])
     if title is None:
         names = ", ".join(u) or "none"
         note = "; ".join(p for p in (_seeds_note(seeds), _setting_note(recs)) if p)
         title = f"Results on {target}, unseen: {names} ({note})"
     return Table(title=title, target=target, rows=rows, columns=[metric_title(m) for m in metrics], cells=cells,
-                 column_metrics=list(metrics), column_unseen=[u] * len(metrics))
+                 column_metrics=list(metrics), column_unseen=[u] * len(metrics), row_methods=trainers)

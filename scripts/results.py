@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=T.FORMATS, default="plain", help="output format (default: plain)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                    help="expected seeds (default: every seed found in the folder); other seeds are ignored")
-    p.add_argument("--methods", nargs="+", metavar="TRAINER", help="only these trainers (default: all)")
+    p.add_argument("--methods", nargs="+", metavar="TRAINER",
+                   help="only these trainers, by trainer name or the paper's name (OSFER or OS-FER); default: all")
     return p
 
 
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     seeds = tuple(sorted(set(args.seeds))) if args.seeds else T.expected_seeds(records)
     records = T.filter_records(records, methods=args.methods, seeds=seeds)
     if args.methods:
-        found = {r.trainer.lower() for r in records}
+        found = {name.lower() for r in records for name in (r.trainer, T.method_name(r.trainer))}
         for m in args.methods:
             if m.lower() not in found:
                 _warn(f"no results for method '{m}' (--methods)")

@@ -136,6 +136,39 @@ def test_row_order_paper_style(tmp_path):
     assert T.build_summary_table(recs, "rafdb", ["fear"], ["auc_u"], (1,)).rows == expected
 
 
+def test_every_method_in_the_papers_order_under_the_papers_name(tmp_path):
+    trainers = ["PromptEmo", "LACMFERCLIP", "Alpha", "DUML", "ZSCLIP", "OSFER", "LACMFER", "NENO", "CoOp",
+                "Baseline"]
+    for trainer in trainers:
+        write_run(tmp_path, trainer, "rafdb", "fear", 1, {"auc_u": 1.0})
+    recs = T.collect_results(str(tmp_path))
+    table = T.build_class_table(recs, "auc_u", "rafdb", (1,))
+    assert table.rows == ["Baseline", "CoOp", "NENO", "OS-FER", "DUML", "LA-CMFER", "LA-CMFER + CLIP", "ZSCLIP",
+                          "Alpha", "PromptEmo"]
+    # what a run is stays its trainer name
+    assert table.row_methods == ["Baseline", "CoOp", "NENO", "OSFER", "DUML", "LACMFER", "LACMFERCLIP", "ZSCLIP",
+                                 "Alpha", "PromptEmo"]
+    assert T.build_summary_table(recs, "rafdb", ["fear"], ["auc_u"], (1,)).rows == table.rows
+    # every format shows the paper's names; the CSV keeps the trainer beside them
+    for fmt in ("plain", "markdown", "latex"):
+        text = T.render_table(table, fmt)
+        assert "OS-FER" in text and "LA-CMFER + CLIP" in text and "OSFER" not in text and "LACMFERCLIP" not in text
+    rows = list(csv.DictReader(io.StringIO(T.render_table(table, "csv"))))
+    assert {(r["row"], r["trainer"]) for r in rows if r["trainer"].startswith(("OS", "LA"))} == \
+        {("OS-FER", "OSFER"), ("LA-CMFER", "LACMFER"), ("LA-CMFER + CLIP", "LACMFERCLIP")}
+    # --methods takes either name
+    assert {r.trainer for r in T.filter_records(recs, methods=["os-fer", "LACMFERCLIP"])} == {"OSFER", "LACMFERCLIP"}
+
+
+def test_settings_rows_carry_the_papers_name(tmp_path):
+    write_run(tmp_path, "OSFER", "rafdb", "fear", 1, {"auc_u": 70.0}, backbone="ResNet-18", subdir="a")
+    write_run(tmp_path, "OSFER", "rafdb", "fear", 1, {"auc_u": 60.0}, backbone="ResNet-50", subdir="b")
+    table = T.build_class_table(T.collect_results(str(tmp_path)), "auc_u", "rafdb", (1,))
+    assert table.rows == ["OS-FER [ResNet-18]", "OS-FER [ResNet-50]"]
+    assert table.row_methods == ["OSFER", "OSFER"]
+    assert table.cell("OS-FER [ResNet-50]", "Fea.").text == "60.00"
+
+
 def test_multi_class_unseen_is_its_own_column(tmp_path):
     write_run(tmp_path, "PromptEmo", "synth_wild", ["fear", "surprise"], 1, {"auc_u": 80.0})
     write_run(tmp_path, "PromptEmo", "synth_wild", "happy", 1, {"auc_u": 70.0})  # alias -> happiness
