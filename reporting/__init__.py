@@ -2,7 +2,8 @@
 
 Pure functions, no command line (that is ``scripts/results.py``): :mod:`reporting.records` reads the
 runs, :mod:`reporting.tables` aggregates them into tables, :mod:`reporting.render` writes them out,
-:mod:`reporting.paper` holds the paper's layout (target and method order, titles)::
+:mod:`reporting.paper` holds the paper's layout (target and method order, names, titles) and reads its
+figures (``reporting/paper_results.csv``)::
 
     records = collect_results("output/mofer")                 # every readable results.json below
     seeds = expected_seeds(records)                           # or the seeds the protocol asked for
@@ -50,17 +51,21 @@ Decisions (the rules the tables follow)
   ``csv``: long format, one line per cell with unformatted numbers (``repr`` precision), columns
   :data:`CSV_FIELDS`; several tables share one header.
 """
-from reporting.paper import (FIRST_METHODS, LAST_METHODS, METHOD_NAMES, METRIC_TITLES, PAPER_TARGETS, column_label,
-                             method_name, metric_title, order_methods, order_targets)
+from reporting.paper import (COMPARISON_TABLES, FIRST_METHODS, LAST_METHODS, METHOD_NAMES, METRIC_TITLES,
+                             PAPER_RESULTS, PAPER_RESULTS_FIELDS, PAPER_TARGETS, TABLE5_METHODS, TABLE5_TARGET,
+                             PaperValue, column_label, method_name, metric_title, order_methods, order_targets,
+                             paper_value, read_paper_results, reported_values)
 from reporting.records import (ResultsWarning, RunRecord, collect_results, expected_seeds, filter_records,
                                read_result, targets_of, unseen_key, unseen_sets_of)
 from reporting.render import CSV_FIELDS, FORMATS, render_table, render_tables
 from reporting.tables import MISSING, Cell, Table, aggregate, build_class_table, build_summary_table, format_cell, make_cell
 
 __all__ = [
-    "RunRecord", "Cell", "Table", "ResultsWarning", "CSV_FIELDS", "FORMATS", "METRIC_TITLES", "PAPER_TARGETS",
-    "FIRST_METHODS", "LAST_METHODS", "METHOD_NAMES", "MISSING", "method_name", "read_result", "collect_results",
-    "expected_seeds", "filter_records", "targets_of", "unseen_key", "unseen_sets_of", "order_methods", "order_targets", "column_label", "aggregate",
-    "make_cell", "format_cell", "build_class_table", "build_summary_table", "metric_title", "render_table",
-    "render_tables",
+    "RunRecord", "Cell", "Table", "PaperValue", "ResultsWarning", "CSV_FIELDS", "FORMATS", "METRIC_TITLES",
+    "PAPER_TARGETS", "FIRST_METHODS", "LAST_METHODS", "METHOD_NAMES", "TABLE5_METHODS", "TABLE5_TARGET",
+    "PAPER_RESULTS", "PAPER_RESULTS_FIELDS", "COMPARISON_TABLES", "MISSING", "read_result", "collect_results",
+    "expected_seeds", "filter_records", "targets_of", "unseen_key", "unseen_sets_of", "order_methods",
+    "order_targets", "method_name", "column_label", "aggregate", "make_cell", "format_cell", "build_class_table",
+    "build_summary_table", "metric_title", "render_table", "render_tables", "read_paper_results",
+    "reported_values", "paper_value",
 ]

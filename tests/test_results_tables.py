@@ -310,3 +310,96 @@ def test_cli_summary_lists_every_method(tmp_path, capsys):
     body = [ln.split()[0] for ln in lines[lines.index(header) + 2:] if ln.strip()]
     assert body == ["Baseline", "CoOp", "ZSCLIP", "PromptEmo"]
     assert "Table 1" not in res.stdout
+
+
+# --------------------------------------------------------------------------- #
+# the paper's figures (reporting/paper_results.csv)
+# --------------------------------------------------------------------------- #
+PAPER_TARGETS = ["affectnet", "oulu", "ferplus", "rafdb"]
+TABLE1_METHODS = ["Baseline", "CoOp", "NENO", "OS-FER", "DUML", "LA-CMFER", "PromptEmo"]
+TABLE3_ROWS = ["Baseline", "+ BTP & CEI (Pos)", "+ BTP & CEI (Neg)", "+ ISO (L_ESS)", "+ ISO (L_LDA)"]
+TABLE4_ROWS = ["(A) \u201ca photo of {class}\u201d", "(B) \u201can expression of {class}\u201d",
+               "(C) LLM-descriptions w/o delta_k", "(D) LLM-descriptions w/ delta_k"]
+
+
+def paper_cells() -> dict[tuple, float]:
+    values = T.read_paper_results()
+    cells = {v[:5]: v.value for v in values}
+    assert len(cells) == len(values), "a cell of the paper is in the file twice"
+    return cells
+
+
+def test_paper_file_has_every_cell_of_tables_1_to_5_once():
+    units = CLASSES + ["avg"]
+    expected = {("1", "auc_u", t, u, m) for t in PAPER_TARGETS for m in TABLE1_METHODS for u in units}
+    expected |= {("2", "acc_s", "rafdb", u, m) for m in ["Baseline", "CoOp", "LA-CMFER", "PromptEmo"] for u in units}
+    expected |= {("3", x, "ferplus", "avg", m) for m in TABLE3_ROWS for x in ("auc_u", "acc_s")}
+    expected |= {("4", x, "ferplus", "avg", m) for m in TABLE4_ROWS for x in ("auc_u", "acc_s")}
+    expected |= {("5", x, "ferplus", "avg", m) for m in ["CoOp", "LA-CMFER", "LA-CMFER + CLIP", "PromptEmo"]
+                 for x in ("auc_u", "acc_s")}
+    assert len(expected) == 224 + 32 + 10 + 8 + 8
+    assert set(paper_cells()) == expected
+
+
+def test_paper_file_cells_read_by_hand_from_the_paper():
+    cells = paper_cells()
+    by_hand = {  # (table, metric, target, unseen, method): the figure as printed in the paper
+        ("1", "auc_u", "affectnet", "surprise", "Baseline"): 39.42,    # Table 1, first cell
+        ("1", "auc_u", "affectnet", "sadness", "NENO"): 61.48,
+        ("1", "auc_u", "affectnet", "anger", "LA-CMFER"): 74.21,       # bold in the paper
+        ("1", "auc_u", "oulu", "disgust", "OS-FER"): 33.35,
+        ("1", "auc_u", "oulu", "neutral", "PromptEmo"): 85.50,
+        ("1", "auc_u", "oulu", "avg", "DUML"): 57.89,
+        ("1", "auc_u", "ferplus", "surprise", "CoOp"): 57.84,          # underlined in the paper
+        ("1", "auc_u", "ferplus", "avg", "PromptEmo"): 70.66,
+        ("1", "auc_u", "rafdb", "fear", "LA-CMFER"): 66.85,            # RAF-DB's column is "Fear"
+        ("1", "auc_u", "rafdb", "anger", "DUML"): 66.97,
+        ("1", "auc_u", "rafdb", "avg", "PromptEmo"): 75.91,
+        ("2", "acc_s", "rafdb", "happiness", "Baseline"): 21.81,
+        ("2", "acc_s", "rafdb", "avg", "LA-CMFER"): 51.25,
+        ("2", "acc_s", "rafdb", "neutral", "PromptEmo"): 66.22,
+        ("3", "auc_u", "ferplus", "avg", "Baseline"): 58.57,
+        ("3", "acc_s", "ferplus", "avg", "+ BTP & CEI (Pos)"): 51.89,
+        ("4", "auc_u", "ferplus", "avg", "(C) LLM-descriptions w/o delta_k"): 70.24,
+        ("5", "acc_s", "ferplus", "avg", "CoOp"): 38.02,
+        ("5", "auc_u", "ferplus", "avg", "LA-CMFER + CLIP"): 60.67,
+        ("5", "acc_s", "ferplus", "avg", "LA-CMFER + CLIP"): 40.23,
+    }
+    assert {k: cells[k] for k in by_hand} == by_hand
+
+
+def test_paper_file_agrees_with_itself():
+    """Checks of the copy against the paper's own arithmetic: each Avg. is the mean of its 7 classes (to
+    the 2 printed decimals), Table 3's bracketed increments are the differences of consecutive rows, and a
+    figure printed in two tables is the same in both."""
+    cells = paper_cells()
+    for (table, metric, target, unseen, method), value in cells.items():
+        if table in ("1", "2") and unseen == "avg":
+            mean = sum(cells[(table, metric, target, c, method)] for c in CLASSES) / 7
+            assert abs(mean - value) <= 0.005 + 1e-9, (table, target, method, mean, value)
+    increments = {"auc_u": [8.07, 2.44, 0.45, 1.13], "acc_s": [13.56, 3.62, 1.77, 0.76]}  # as printed
+    for metric, printed in increments.items():
+        column = [cells[("3", metric, "ferplus", "avg", m)] for m in TABLE3_ROWS]
+        assert [round(b - a, 2) for a, b in zip(column, column[1:])] == printed
+    for metric in ("auc_u", "acc_s"):
+        full = cells[("5", metric, "ferplus", "avg", "PromptEmo")]
+        assert cells[("3", metric, "ferplus", "avg", TABLE3_ROWS[-1])] == full
+        assert cells[("4", metric, "ferplus", "avg", TABLE4_ROWS[-1])] == full
+    for method in ("CoOp", "LA-CMFER", "PromptEmo"):
+        assert cells[("5", "auc_u", "ferplus", "avg", method)] == cells[("1", "auc_u", "ferplus", "avg", method)]
+    reported = T.reported_values(T.read_paper_results())  # raises if two tables disagreed
+    assert T.paper_value(reported, "acc_s", "ferplus", None, "LACMFERCLIP") == 40.23
+    assert T.paper_value(reported, "auc_u", "rafdb", ("fear",), "OSFER") == 56.51
+    assert T.paper_value(reported, "auc_u", "rafdb", ("fear", "surprise"), "OSFER") is None
+    assert T.paper_value(reported, "auc_u", "rafdb", ("fear",), "ZSCLIP") is None
+
+
+def test_paper_file_errors_name_the_line(tmp_path):
+    good = T.PAPER_RESULTS_FIELDS
+    path = tmp_path / "p.csv"
+    path.write_text("# comment\n" + ",".join(good) + "\n1,auc_u,rafdb,fear,CoOp,52.09\n1,auc_u,rafdb,fea,CoOp,1\n")
+    with pytest.raises(ValueError, match=r"p\.csv:4: unseen 'fea'"):
+        T.read_paper_results(str(path))
+    path.write_text(",".join(good) + "\n1,auc_u,rafdb,fear,CoOp,n/a\n")
+    with pytest.raises(ValueError, match=r"p\.csv:2: value 'n/a'"):
+        T.read_paper_results(str(path))
