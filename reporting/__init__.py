@@ -9,8 +9,9 @@ figures (``reporting/paper_results.csv``)::
     seeds = expected_seeds(records)                           # or the seeds the protocol asked for
     t1 = build_class_table(records, "auc_u", "rafdb", seeds)   # paper Table 1 (one target)
     t2 = build_class_table(records, "acc_s", "rafdb", seeds)   # paper Table 2
+    t5 = build_average_table(records, TABLE5_TARGET, ["auc_u", "acc_s"], seeds, TABLE5_METHODS)  # Table 5
     s = build_summary_table(records, "rafdb", ("fear",), ["auc_u", "acc_s", "h_best", "oscr"], seeds)
-    print(render_tables([t1, t2, s], "markdown"))             # plain | markdown | csv | latex
+    print(render_tables([t1, t2, t5, s], "markdown"))         # plain | markdown | csv | latex
 
 Decisions (the rules the tables follow)
 ---------------------------------------
@@ -46,6 +47,7 @@ Decisions (the rules the tables follow)
 * **Avg** is over the 7 single classes only (not the multi-class columns), and only when all 7
   cells are complete (every expected seed has a value for every class): per seed the mean of the 7
   classes, then mean ± std over seeds. Otherwise it shows ``— (k/7)``, k = complete class cells.
+  Table 5's cells (:func:`build_average_table`: one column per metric) are such Avg cells.
 * **Formats.** ``plain`` (tabulate "simple"), ``markdown`` (tabulate "github"), ``latex`` (tabulate
   "latex_booktabs", ``±`` written ``$\\pm$`` and ``—`` as ``--``, title as a ``%`` comment), and
   ``csv``: long format, one line per cell with unformatted numbers (``repr`` precision), columns
@@ -58,7 +60,8 @@ from reporting.paper import (COMPARISON_TABLES, FIRST_METHODS, LAST_METHODS, MET
 from reporting.records import (ResultsWarning, RunRecord, collect_results, expected_seeds, filter_records,
                                read_result, targets_of, unseen_key, unseen_sets_of)
 from reporting.render import CSV_FIELDS, FORMATS, render_table, render_tables
-from reporting.tables import MISSING, Cell, Table, aggregate, build_class_table, build_summary_table, format_cell, make_cell
+from reporting.tables import (MISSING, Cell, Table, aggregate, build_average_table, build_class_table,
+                              build_summary_table, format_cell, make_cell)
 
 __all__ = [
     "RunRecord", "Cell", "Table", "PaperValue", "ResultsWarning", "CSV_FIELDS", "FORMATS", "METRIC_TITLES",
@@ -66,6 +69,6 @@ __all__ = [
     "PAPER_RESULTS", "PAPER_RESULTS_FIELDS", "COMPARISON_TABLES", "MISSING", "read_result", "collect_results",
     "expected_seeds", "filter_records", "targets_of", "unseen_key", "unseen_sets_of", "order_methods",
     "order_targets", "method_name", "column_label", "aggregate", "make_cell", "format_cell", "build_class_table",
-    "build_summary_table", "metric_title", "render_table", "render_tables", "read_paper_results",
-    "reported_values", "paper_value",
+    "build_summary_table", "build_average_table", "metric_title", "render_table", "render_tables",
+    "read_paper_results", "reported_values", "paper_value",
 ]

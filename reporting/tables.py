@@ -1,6 +1,7 @@
 """Results tables from run records: cells (mean ± std over seeds, with the markers of missing runs) and
-the two table shapes, one row per method: per unseen class (the paper's Tables 1 and 2) and per metric
-(a summary of one target and unseen set). The rules are in :mod:`reporting`."""
+the three table shapes, one row per method: per unseen class (the paper's Tables 1 and 2), per metric
+of one target and unseen set (a summary), and per metric averaged over the 7 unseen classes (the paper's
+Table 5). The rules are in :mod:`reporting`."""
 from __future__ import annotations
 
 import math
@@ -161,6 +162,14 @@ def _seeds_note(seeds: Sequence[int]) -> str:
     return f"mean ± std over seeds {', '.join(map(str, seeds)) or 'none'}"
 
 
+def _unseen_cells(agg: dict[tuple, Cell], trainer: str, target: str, unseen_sets: Sequence[tuple[str, ...]],
+                  setting: tuple[tuple[str, ...], str], seeds: Sequence[int]) -> list[Cell]:
+    """The cells of one row for ``unseen_sets``, an empty cell (``—``) where the group never ran."""
+    sources, backbone = setting
+    cells = [agg.get((trainer, target, u, sources, backbone)) for u in unseen_sets]
+    return [c if c is not None else Cell(values={}, expected=len(seeds), has_run=False) for c in cells]
+
+
 def build_class_table(records: Sequence[RunRecord], metric: str, target: str, seeds: Sequence[int],
                       title: str | None = None) -> Table:
     """Rows = methods, columns = the 7 unseen classes + multi-class sets found + Avg, for ``metric``
@@ -171,11 +180,8 @@ def build_class_table(records: Sequence[RunRecord], metric: str, target: str, se
     unseen_cols = singles + extra
     agg = aggregate(recs, metric, seeds)
     rows, trainers, cells = [], [], []
-    for label, trainer, (sources, backbone) in _rows(recs):
-        row = []
-        for u in unseen_cols:
-            c = agg.get((trainer, target, u, sources, backbone))
-            row.append(c if c is not None else Cell(values={}, expected=len(seeds), has_run=False))
+    for label, trainer, setting in _rows(recs):
+        row = _unseen_cells(agg, trainer, target, unseen_cols, setting, seeds)
         row.append(_avg_cell(row[:len(singles)], seeds))
         rows.append(label)
         trainers.append(trainer)
@@ -206,3 +212,30 @@ def build_summary_table(records: Sequence[RunRecord], target: str, unseen: Seque
         title = f"Results on {target}, unseen: {names} ({note})"
     return Table(title=title, target=target, rows=rows, columns=[metric_title(m) for m in metrics], cells=cells,
                  column_metrics=list(metrics), column_unseen=[u] * len(metrics), row_methods=trainers)
+
+
+def build_average_table(records: Sequence[RunRecord], target: str, metrics: Sequence[str], seeds: Sequence[int],
+                        methods: Sequence[str] | None = None, title: str | None = None) -> Table:
+    """Rows = methods, columns = ``metrics``, each cell the average over the 7 single unseen classes on
+    ``target``: the Avg column of the class table of that metric, with its rule and markers (per seed the
+    mean of the 7 classes, then mean ± std over seeds; ``— (k/7)`` unless all 7 are complete). ``methods``
+    (trainer or paper names, any case; None: all) keeps those rows. The paper's Table 5 is
+    ``metrics=("auc_u", "acc_s")``, ``target="ferplus"``, ``methods=TABLE5_METHODS``."""
+    recs = [r for r in records if r.target == target and r.seed in set(seeds)]
+    if methods is not None:
+        wanted = {m.lower() for m in methods}
+        recs = [r for r in recs if r.trainer.lower() in wanted or method_name(r.trainer).lower() in wanted]
+    singles = [(c,) for c in CANONICAL_CLASSES]
+    aggs = {m: aggregate(recs, m, seeds) for m in metrics}
+    rows, trainers, cells = [], [], []
+    for label, trainer, setting in _rows(recs):
+        rows.append(label)
+        trainers.append(trainer)
+        cells.append([_avg_cell(_unseen_cells(aggs[m], trainer, target, singles, setting, seeds), seeds)
+                      for m in metrics])
+    if title is None:
+        note = "; ".join(p for p in (_seeds_note(seeds), _setting_note(recs)) if p)
+        title = (f"{' and '.join(metric_title(m) for m in metrics)} (%) on {target}, average over the "
+                 f"{len(singles)} unseen classes ({note})")
+    return Table(title=title, target=target, rows=rows, columns=[metric_title(m) for m in metrics], cells=cells,
+                 column_metrics=list(metrics), column_unseen=[None] * len(metrics), row_methods=trainers)

@@ -3,14 +3,21 @@
     python scripts/results.py output/mofer                          # Table 1 (AUC-U) + Table 2 (ACC-S)
     python scripts/results.py output/mofer --targets rafdb --table2-target rafdb --format markdown
     python scripts/results.py output/mofer --metric h_best --seeds 1 2 3 --methods PromptEmo CoOp
+    python scripts/results.py output/mofer --table5                 # Table 5 (CLIP backbone, FERPlus)
     python scripts/results.py output/demo --summary --metrics auc_u acc_s h_best oscr
 
 Default output: Table 1 (``--metric``, default auc_u; rows = methods, columns = the 7 unseen classes
-+ Avg; one table per target) then Table 2 (acc_s, for ``--table2-target`` or every target).
-``--summary`` prints instead one table per (target, unseen set) found: rows = methods, columns =
-``--metrics``. Runs are identified by their JSON content, not their path. Missing seeds, missing
-classes and null metrics are marked, never averaged away; expected seeds are ``--seeds`` or the
-union of seeds found in the folder. All the rules: ``reporting/__init__.py``.
++ Avg; one table per target) then Table 2 (acc_s, for ``--table2-target`` or every target), then
+Table 5 when LA-CMFER + CLIP (trainer LACMFERCLIP, the one method only Table 5 has) ran on its target
+and that target is shown: without it Table 5 would only repeat the Avg columns of Tables 1 and 2.
+``--table5`` prints Table 5 alone, whichever of its methods ran: rows = CoOp, LA-CMFER, LA-CMFER +
+CLIP, PromptEmo, columns = AUC-U and ACC-S, each the average over the 7 unseen classes on
+``--table5-target`` (default ferplus; ``--targets`` does not apply), with the Avg column's rule and
+markers. ``--summary`` prints instead one table per (target,
+unseen set) found: rows = methods, columns = ``--metrics``. Rows are in the paper's order under the
+paper's method names (OS-FER for trainer OSFER). Runs are identified by their JSON content, not their
+path. Missing seeds, missing classes and null metrics are marked, never averaged away; expected seeds
+are ``--seeds`` or the union of seeds found in the folder. All the rules: ``reporting/__init__.py``.
 
 Warnings (skipped files, unknown targets...) go to stderr as ``warning: ...``. Exit code 2 with one
 line ``error: ...`` if the folder does not exist or holds no usable results.json.
@@ -24,6 +31,8 @@ import sys
 import reporting as T
 
 DEFAULT_SUMMARY_METRICS = ["auc_u", "acc_s", "h_best", "oscr"]
+TABLE5_METRICS = ["auc_u", "acc_s"]
+TABLE5_OWN_METHOD = "LACMFERCLIP"  # the one method only Table 5 has: its runs put Table 5 in the default output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", nargs="+", metavar="DOMAIN", help="target domains to show (default: all found)")
     p.add_argument("--table2-target", metavar="DOMAIN",
                    help="target of Table 2 (acc_s per unseen class); default: every target")
-    p.add_argument("--summary", action="store_true",
-                   help="print one table per (target, unseen set): rows = methods, columns = --metrics")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--summary", action="store_true",
+                       help="print one table per (target, unseen set): rows = methods, columns = --metrics")
+    shape.add_argument("--table5", action="store_true",
+                       help="print only Table 5: AUC-U and ACC-S averaged over the 7 unseen classes of "
+                            "--table5-target for CoOp, LA-CMFER, LA-CMFER + CLIP and PromptEmo")
+    p.add_argument("--table5-target", default=T.TABLE5_TARGET, metavar="DOMAIN",
+                   help=f"target of Table 5 (default: {T.TABLE5_TARGET}); the default output adds Table 5 "
+                        "when LA-CMFER + CLIP ran there")
     p.add_argument("--metrics", nargs="+", default=DEFAULT_SUMMARY_METRICS, metavar="METRIC",
                    help=f"metrics of --summary (default: {' '.join(DEFAULT_SUMMARY_METRICS)})")
     p.add_argument("--format", choices=T.FORMATS, default="plain", help="output format (default: plain)")
@@ -65,6 +81,22 @@ def _select_targets(requested, available, what="--targets"):
         else:
             _warn(f"no results for target '{t}' ({what}); found: {', '.join(available) or 'none'}")
     return chosen
+
+
+def _default_table5_target(records, targets, requested):
+    """The target of Table 5 in the default output: ``requested`` if it is among the targets shown and
+    LA-CMFER + CLIP ran there; else None (no Table 5)."""
+    for target in targets:
+        if target.lower() == requested.lower() and any(
+                r.target == target and r.trainer.lower() == TABLE5_OWN_METHOD.lower() for r in records):
+            return target
+    return None
+
+
+def _table5(records, target, seeds) -> T.Table:
+    table = T.build_average_table(records, target, TABLE5_METRICS, seeds, T.TABLE5_METHODS)
+    table.title = f"Table 5: {table.title}"
+    return table
 
 
 def main(argv=None) -> int:
@@ -98,14 +130,21 @@ def main(argv=None) -> int:
     if not targets:
         return _error(f"no results under '{args.folder}' for the targets given (found: {', '.join(all_targets)})")
 
-    used_metrics = args.metrics if args.summary else [args.metric, "acc_s"]
+    used_metrics = args.metrics if args.summary else TABLE5_METRICS if args.table5 else [args.metric, "acc_s"]
     known = {m for r in records for m in r.metrics}
     for m in dict.fromkeys(used_metrics):
         if m not in known:
             _warn(f"metric '{m}' is in no results.json (known: {', '.join(sorted(known))})")
 
     tables = []
-    if args.summary:
+    if args.table5:
+        chosen = _select_targets([args.table5_target], all_targets, "--table5-target")
+        table = _table5(records, chosen[0], seeds) if chosen else None
+        if table is None or not table.rows:
+            return _error(f"no runs of Table 5's methods ({', '.join(map(T.method_name, T.TABLE5_METHODS))}) "
+                          f"on target '{args.table5_target}' under '{args.folder}'")
+        tables.append(table)
+    elif args.summary:
         for target in targets:
             for unseen in T.unseen_sets_of(records, target):
                 tables.append(T.build_summary_table(records, target, unseen, args.metrics, seeds))
@@ -120,6 +159,9 @@ def main(argv=None) -> int:
             t = T.build_class_table(records, "acc_s", target, seeds)
             t.title = f"Table 2: {t.title}"
             tables.append(t)
+        t5_target = _default_table5_target(records, targets, args.table5_target)
+        if t5_target is not None:
+            tables.append(_table5(records, t5_target, seeds))
     print(T.render_tables(tables, args.format))
     return 0
 

@@ -193,6 +193,35 @@ def test_different_backbones_or_sources_are_separate_rows(tmp_path):
     assert table.cell("PromptEmo [ViT-B/32]", "Fea.").text == "70.00"
 
 
+def test_table5_averages_over_the_seven_classes_with_the_avg_rule(tmp_path):
+    full_grid(tmp_path, "PromptEmo", "ferplus", base=70.0)
+    full_grid(tmp_path, "LACMFERCLIP", "ferplus", base=60.0)
+    full_grid(tmp_path, "LACMFER", "ferplus", base=58.0)
+    full_grid(tmp_path, "CoOp", "ferplus", base=56.0)
+    full_grid(tmp_path, "ZSCLIP", "ferplus", base=40.0)  # not a method of Table 5
+    full_grid(tmp_path, "PromptEmo", "rafdb", base=10.0)  # another target
+    os.remove(os.path.join(tmp_path, "ferplus", "anger", "CoOp", "seed2", "results.json"))
+    recs = T.collect_results(str(tmp_path))
+    table = T.build_average_table(recs, T.TABLE5_TARGET, ["auc_u", "acc_s"], (1, 2, 3), T.TABLE5_METHODS)
+    assert table.rows == ["CoOp", "LA-CMFER", "LA-CMFER + CLIP", "PromptEmo"]  # the paper's Table 5 order
+    assert table.columns == ["AUC-U", "ACC-S"]
+    # per seed the mean of the 7 classes: base + mean(0..6) + s = base + 3 + s -> mean base + 5, std 1
+    assert table.cell("PromptEmo", "AUC-U").text == "75.00 ± 1.00"
+    assert table.cell("LA-CMFER + CLIP", "AUC-U").text == "65.00 ± 1.00"
+    assert table.cell("LA-CMFER", "AUC-U").values == {1: 62.0, 2: 63.0, 3: 64.0}
+    assert table.cell("PromptEmo", "ACC-S").text == "52.00 ± 1.00"  # 50 + s
+    # one seed missing for one class: no average, as in Table 1's Avg column
+    assert table.cell("CoOp", "AUC-U").text == "— (6/7)" and table.cell("CoOp", "ACC-S").text == "— (6/7)"
+    # the same numbers as the Avg column of the class tables
+    for metric, column in (("auc_u", "AUC-U"), ("acc_s", "ACC-S")):
+        avg = T.build_class_table(recs, metric, "ferplus", (1, 2, 3)).cell("LA-CMFER + CLIP", "Avg")
+        assert table.cell("LA-CMFER + CLIP", column).values == avg.values
+    assert "ZSCLIP" in T.build_average_table(recs, "ferplus", ["auc_u"], (1, 2, 3)).rows  # methods=None: all
+    rows = list(csv.DictReader(io.StringIO(T.render_table(table, "csv"))))
+    assert {(r["unseen"], r["column"]) for r in rows if r["trainer"] == "LACMFERCLIP"} == {("", "AUC-U"),
+                                                                                           ("", "ACC-S")}
+
+
 def test_unreadable_and_duplicate_files_are_skipped_with_a_warning(tmp_path):
     write_run(tmp_path, "PromptEmo", "rafdb", "fear", 1, {"auc_u": 70.0}, subdir="a")
     write_run(tmp_path, "PromptEmo", "rafdb", "fear", 1, {"auc_u": 10.0}, subdir="b")  # duplicate
@@ -403,3 +432,38 @@ def test_paper_file_errors_name_the_line(tmp_path):
     path.write_text(",".join(good) + "\n1,auc_u,rafdb,fear,CoOp,n/a\n")
     with pytest.raises(ValueError, match=r"p\.csv:2: value 'n/a'"):
         T.read_paper_results(str(path))
+
+
+def test_cli_table5(tmp_path, capsys):
+    for trainer, base in [("PromptEmo", 70.0), ("LACMFER", 58.0), ("CoOp", 56.0)]:
+        full_grid(tmp_path, trainer, "ferplus", base=base)
+    res = cli(capsys, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "Table 5" not in res.stdout  # without LA-CMFER + CLIP it would repeat Tables 1 and 2's Avg
+    res = cli(capsys, tmp_path, "--table5")
+    assert res.returncode == 0, res.stderr
+    assert "Table 1" not in res.stdout and "Table 2" not in res.stdout
+    assert res.stdout.startswith("Table 5: AUC-U and ACC-S (%) on ferplus, average over the 7 unseen classes")
+    body = [ln.split()[0] for ln in res.stdout.splitlines()[4:] if ln.strip()]
+    assert body == ["CoOp", "LA-CMFER", "PromptEmo"]
+    assert "75.00 ± 1.00" in res.stdout and "52.00 ± 1.00" in res.stdout
+    # LA-CMFER + CLIP ran on ferplus: the default output ends with Table 5
+    full_grid(tmp_path, "LACMFERCLIP", "ferplus", seeds=(1, 2), base=60.0)
+    res = cli(capsys, tmp_path, "--format", "markdown")
+    out = res.stdout
+    assert out.count("Table 5") == 1 and out.index("Table 2") < out.index("Table 5")
+    assert "| LA-CMFER + CLIP | — (0/7)" in out  # two seeds of three: no class cell is complete
+    write_run(tmp_path, "PromptEmo", "rafdb", "fear", 1, {"auc_u": 50.0, "acc_s": 40.0})
+    res = cli(capsys, tmp_path, "--targets", "rafdb")  # Table 5's target is not shown
+    assert res.returncode == 0 and "Table 1" in res.stdout and "Table 5" not in res.stdout
+    res = cli(capsys, tmp_path, "--table5-target", "rafdb")  # LA-CMFER + CLIP did not run on rafdb
+    assert res.returncode == 0 and "Table 1" in res.stdout and "Table 5" not in res.stdout
+    write_run(tmp_path, "LACMFERCLIP", "rafdb", "fear", 1, {"auc_u": 50.0, "acc_s": 40.0})
+    res = cli(capsys, tmp_path, "--table5-target", "RAFDB")
+    assert "Table 5: AUC-U and ACC-S (%) on rafdb" in res.stdout and "on ferplus, average" not in res.stdout
+    res = cli(capsys, tmp_path, "--seeds", "1", "2", "--table5", "--format", "csv")
+    avg = next(r for r in csv.DictReader(io.StringIO(res.stdout)) if r["trainer"] == "LACMFERCLIP"
+               and r["metric"] == "auc_u")
+    assert float(avg["mean"]) == pytest.approx(64.5)  # 60 + 3 + (1 + 2) / 2
+    res = cli(capsys, tmp_path, "--table5", "--table5-target", "oulu")
+    assert res.returncode == 2 and res.stderr.splitlines()[-1].startswith("error: no runs of Table 5's methods")
