@@ -52,6 +52,15 @@ Decisions (the rules the tables follow)
   "latex_booktabs", ``±`` written ``$\\pm$`` and ``—`` as ``--``, title as a ``%`` comment), and
   ``csv``: long format, one line per cell with unformatted numbers (``repr`` precision), columns
   :data:`CSV_FIELDS`; several tables share one header.
+* **The paper's figures** (:func:`with_paper`, ``--paper``): beside each cell the paper reports, its
+  figure and the reproduced mean minus it, ``64.12 ± 1.03 (paper 70.66, -6.54)`` (the difference of
+  the two printed numbers), ``— (paper 70.66)`` where nothing was reproduced; in CSV the columns
+  :data:`CSV_PAPER_FIELDS` (``paper``, ``diff`` = mean - paper, unrounded). The figures are those of
+  Tables 1, 2 and 5 (``reporting/paper_results.csv``), found by metric, target, unseen class (or
+  ``avg`` for Avg and Table 5's columns) and the paper's method name, for every row of that method
+  whatever its backbone or sources; multi-class unseen sets, other metrics and methods the paper does
+  not have (ZSCLIP, any other trainer) get none. Tables 3 and 4 (ablations of PromptEmo) are in the
+  file but matched to no run.
 """
 from reporting.paper import (COMPARISON_TABLES, FIRST_METHODS, LAST_METHODS, METHOD_NAMES, METRIC_TITLES,
                              PAPER_RESULTS, PAPER_RESULTS_FIELDS, PAPER_TARGETS, TABLE5_METHODS, TABLE5_TARGET,
@@ -59,16 +68,17 @@ from reporting.paper import (COMPARISON_TABLES, FIRST_METHODS, LAST_METHODS, MET
                              paper_value, read_paper_results, reported_values)
 from reporting.records import (ResultsWarning, RunRecord, collect_results, expected_seeds, filter_records,
                                read_result, targets_of, unseen_key, unseen_sets_of)
-from reporting.render import CSV_FIELDS, FORMATS, render_table, render_tables
+from reporting.render import CSV_FIELDS, CSV_PAPER_FIELDS, FORMATS, render_table, render_tables
 from reporting.tables import (MISSING, Cell, Table, aggregate, build_average_table, build_class_table,
-                              build_summary_table, format_cell, make_cell)
+                              build_summary_table, format_cell, format_paper, make_cell, with_paper)
 
 __all__ = [
-    "RunRecord", "Cell", "Table", "PaperValue", "ResultsWarning", "CSV_FIELDS", "FORMATS", "METRIC_TITLES",
+    "RunRecord", "Cell", "Table", "PaperValue", "ResultsWarning", "CSV_FIELDS", "CSV_PAPER_FIELDS", "FORMATS",
+    "METRIC_TITLES",
     "PAPER_TARGETS", "FIRST_METHODS", "LAST_METHODS", "METHOD_NAMES", "TABLE5_METHODS", "TABLE5_TARGET",
     "PAPER_RESULTS", "PAPER_RESULTS_FIELDS", "COMPARISON_TABLES", "MISSING", "read_result", "collect_results",
     "expected_seeds", "filter_records", "targets_of", "unseen_key", "unseen_sets_of", "order_methods",
     "order_targets", "method_name", "column_label", "aggregate", "make_cell", "format_cell", "build_class_table",
     "build_summary_table", "build_average_table", "metric_title", "render_table", "render_tables",
-    "read_paper_results", "reported_values", "paper_value",
+    "read_paper_results", "reported_values", "paper_value", "with_paper", "format_paper",
 ]

@@ -4,12 +4,13 @@ of one target and unseen set (a summary), and per metric averaged over the 7 uns
 Table 5). The rules are in :mod:`reporting`."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from datasets.classes import CANONICAL_CLASSES
-from reporting.paper import column_label, method_name, metric_title, order_methods
+from reporting.paper import column_label, method_name, metric_title, order_methods, paper_value
 from reporting.records import RunRecord, unseen_key, unseen_sets_of
 
 MISSING = "—"
@@ -91,6 +92,20 @@ def format_cell(cell: Cell, decimals: int = 2) -> str:
     return text
 
 
+def format_paper(cell: Cell, paper: float | None, decimals: int = 2) -> str:
+    """`` (paper 70.66, -6.54)``: the paper's figure and the reproduced mean minus it; `` (paper 70.66)``
+    where nothing was reproduced (no mean); empty where the paper has no figure. The difference is that
+    of the two numbers as printed (the rounded mean minus the paper's), so that it adds up on the page."""
+    if paper is None:
+        return ""
+    if cell.n == 0:
+        return f" (paper {paper:.{decimals}f})"
+    diff = round(round(cell.mean, decimals) - paper, decimals)
+    if diff == 0:
+        diff = 0.0  # not -0.00
+    return f" (paper {paper:.{decimals}f}, {diff:+.{decimals}f})"
+
+
 def aggregate(records: Iterable[RunRecord], metric: str, seeds: Sequence[int]) -> dict[tuple, Cell]:
     """``{group: Cell}`` for every group (trainer, target, unseen, source_domains, backbone)."""
     groups: dict[tuple, list[RunRecord]] = {}
@@ -104,7 +119,8 @@ class Table:
     """``cells[i][j]`` is the cell of ``rows[i]`` and ``columns[j]``. ``rows[i]`` is the label shown (the
     paper's method name, with the setting when a method has several), ``row_methods[i]`` the trainer name
     of its runs. ``column_metrics[j]`` is the metric of column j, ``column_unseen[j]`` its unseen set
-    (None for Avg)."""
+    (None for an average over the 7 single classes: Avg, Table 5). ``paper[i][j]``, once
+    :func:`with_paper` has set it, is the paper's figure for that cell (None where it has none)."""
     title: str
     target: str
     rows: list[str]
@@ -114,9 +130,13 @@ class Table:
     column_unseen: list[tuple[str, ...] | None]
     row_methods: list[str]
     row_header: str = "Method"
+    paper: list[list[float | None]] | None = None
 
     def texts(self) -> list[list[str]]:
-        return [[c.text for c in row] for row in self.cells]
+        """The cells as shown: :func:`format_cell`, then :func:`format_paper` when the paper's figures are set."""
+        if self.paper is None:
+            return [[c.text for c in row] for row in self.cells]
+        return [[c.text + format_paper(c, p) for c, p in zip(row, prow)] for row, prow in zip(self.cells, self.paper)]
 
     def cell(self, row: str, column: str) -> Cell:
         return self.cells[self.rows.index(row)][self.columns.index(column)]
@@ -239,3 +259,14 @@ def build_average_table(records: Sequence[RunRecord], target: str, metrics: Sequ
                  f"{len(singles)} unseen classes ({note})")
     return Table(title=title, target=target, rows=rows, columns=[metric_title(m) for m in metrics], cells=cells,
                  column_metrics=list(metrics), column_unseen=[None] * len(metrics), row_methods=trainers)
+
+
+def with_paper(table: Table, reported: Mapping[tuple[str, str, str, str], float]) -> Table:
+    """A copy of ``table`` with the paper's figure of each cell (:func:`reporting.paper.paper_value` of its
+    metric, target, unseen class or average, and row's method), shown beside the cell as
+    ``(paper 70.66, -6.54)`` and in the CSV's ``paper`` and ``diff`` columns. Every row of a method gets
+    its figure, whatever the row's backbone or sources (the row label and title say which they are)."""
+    paper = [[paper_value(reported, metric, table.target, unseen, trainer)
+              for metric, unseen in zip(table.column_metrics, table.column_unseen)] for trainer in table.row_methods]
+    title = f"{table.title} [(paper P, D): the paper's figure P, D = reproduced minus paper]"
+    return dataclasses.replace(table, paper=paper, title=title)

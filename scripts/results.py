@@ -4,6 +4,7 @@
     python scripts/results.py output/mofer --targets rafdb --table2-target rafdb --format markdown
     python scripts/results.py output/mofer --metric h_best --seeds 1 2 3 --methods PromptEmo CoOp
     python scripts/results.py output/mofer --table5                 # Table 5 (CLIP backbone, FERPlus)
+    python scripts/results.py output/mofer --paper                  # beside each cell: the paper's figure
     python scripts/results.py output/demo --summary --metrics auc_u acc_s h_best oscr
 
 Default output: Table 1 (``--metric``, default auc_u; rows = methods, columns = the 7 unseen classes
@@ -13,11 +14,17 @@ and that target is shown: without it Table 5 would only repeat the Avg columns o
 ``--table5`` prints Table 5 alone, whichever of its methods ran: rows = CoOp, LA-CMFER, LA-CMFER +
 CLIP, PromptEmo, columns = AUC-U and ACC-S, each the average over the 7 unseen classes on
 ``--table5-target`` (default ferplus; ``--targets`` does not apply), with the Avg column's rule and
-markers. ``--summary`` prints instead one table per (target,
-unseen set) found: rows = methods, columns = ``--metrics``. Rows are in the paper's order under the
-paper's method names (OS-FER for trainer OSFER). Runs are identified by their JSON content, not their
-path. Missing seeds, missing classes and null metrics are marked, never averaged away; expected seeds
-are ``--seeds`` or the union of seeds found in the folder. All the rules: ``reporting/__init__.py``.
+markers. ``--summary`` prints instead one table per (target, unseen set) found: rows = methods,
+columns = ``--metrics``. Rows are in the paper's order under the paper's method names (OS-FER for
+trainer OSFER).
+
+``--paper`` adds, beside each cell the paper's Tables 1, 2 or 5 report, the paper's figure and the
+reproduced mean minus it (``64.12 ± 1.03 (paper 70.66, -6.54)``; CSV: columns ``paper`` and ``diff``),
+from ``reporting/paper_results.csv``.
+
+Runs are identified by their JSON content, not their path. Missing seeds, missing classes and null
+metrics are marked, never averaged away; expected seeds are ``--seeds`` or the union of seeds found
+in the folder. All the rules: ``reporting/__init__.py``.
 
 Warnings (skipped files, unknown targets...) go to stderr as ``warning: ...``. Exit code 2 with one
 line ``error: ...`` if the folder does not exist or holds no usable results.json.
@@ -53,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "when LA-CMFER + CLIP ran there")
     p.add_argument("--metrics", nargs="+", default=DEFAULT_SUMMARY_METRICS, metavar="METRIC",
                    help=f"metrics of --summary (default: {' '.join(DEFAULT_SUMMARY_METRICS)})")
+    p.add_argument("--paper", action="store_true",
+                   help="beside each cell the paper reports (Tables 1, 2, 5): its figure and reproduced minus "
+                        "paper, e.g. '64.12 ± 1.03 (paper 70.66, -6.54)'; CSV: columns paper and diff")
     p.add_argument("--format", choices=T.FORMATS, default="plain", help="output format (default: plain)")
     p.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                    help="expected seeds (default: every seed found in the folder); other seeds are ignored")
@@ -162,6 +172,12 @@ def main(argv=None) -> int:
         t5_target = _default_table5_target(records, targets, args.table5_target)
         if t5_target is not None:
             tables.append(_table5(records, t5_target, seeds))
+    if args.paper:
+        try:
+            reported = T.reported_values(T.read_paper_results())
+        except (OSError, ValueError) as e:
+            return _error(f"cannot read the paper's figures: {e}")
+        tables = [T.with_paper(t, reported) for t in tables]
     print(T.render_tables(tables, args.format))
     return 0
 

@@ -467,3 +467,89 @@ def test_cli_table5(tmp_path, capsys):
     assert float(avg["mean"]) == pytest.approx(64.5)  # 60 + 3 + (1 + 2) / 2
     res = cli(capsys, tmp_path, "--table5", "--table5-target", "oulu")
     assert res.returncode == 2 and res.stderr.splitlines()[-1].startswith("error: no runs of Table 5's methods")
+
+
+# --------------------------------------------------------------------------- #
+# --paper: the paper's figure and the difference beside each reproduced cell
+# --------------------------------------------------------------------------- #
+def test_paper_part_is_the_difference_of_the_printed_numbers():
+    for mean, paper, shown in [(64.12, 70.66, "64.12 (paper 70.66, -6.54)"),
+                               (70.66, 70.66, "70.66 (paper 70.66, +0.00)"),   # never -0.00
+                               (70.664, 70.66, "70.66 (paper 70.66, +0.00)"),
+                               (64.126, 59.11, "64.13 (paper 59.11, +5.02)"),  # printed 64.13 - 59.11
+                               (9.994, 10.0, "9.99 (paper 10.00, -0.01)")]:
+        cell = T.Cell(values={1: mean}, expected=1)
+        assert cell.text + T.format_paper(cell, paper) == shown
+        printed_mean, rest = shown.split(" (paper ")
+        printed_paper, printed_diff = rest.rstrip(")").split(", ")
+        assert float(printed_mean) - float(printed_paper) == pytest.approx(float(printed_diff), abs=1e-9)
+    assert T.format_paper(T.Cell(values={1: 50.0}, expected=1), None) == ""
+    assert T.format_paper(T.Cell(values={}, expected=3, has_run=False), 79.85) == " (paper 79.85)"
+
+
+@pytest.fixture
+def paper_runs(tmp_path):
+    """PromptEmo on rafdb, Fea.: 70, 72, 77 (73.00 ± 3.61); CoOp Fea. 50 (one seed of three), OS-FER Fea.
+    60 with a tiny and a ViT backbone, ZSCLIP Fea. 40, and a multi-class PromptEmo run."""
+    for seed, v in [(1, 70.0), (2, 72.0), (3, 77.0)]:
+        write_run(tmp_path, "PromptEmo", "rafdb", "fear", seed, {"auc_u": v, "acc_s": 60.0 + seed})
+    write_run(tmp_path, "CoOp", "rafdb", "fear", 1, {"auc_u": 50.0, "acc_s": 45.0})
+    write_run(tmp_path, "OSFER", "rafdb", "fear", 1, {"auc_u": 60.0, "acc_s": 45.0}, subdir="os1")
+    write_run(tmp_path, "OSFER", "rafdb", "fear", 1, {"auc_u": 61.0, "acc_s": 45.0}, backbone="tiny", subdir="os2")
+    write_run(tmp_path, "ZSCLIP", "rafdb", "fear", 1, {"auc_u": 40.0, "acc_s": 30.0})
+    write_run(tmp_path, "PromptEmo", "rafdb", ["fear", "surprise"], 1, {"auc_u": 66.0, "acc_s": 55.0})
+    return tmp_path
+
+
+def test_cli_paper_plain(paper_runs, capsys):
+    res = cli(capsys, paper_runs, "--paper", "--targets", "rafdb")
+    assert res.returncode == 0, res.stderr
+    lines = {ln.split("  ")[0]: ln for ln in res.stdout.split("Table 2")[0].splitlines() if ln[:1].isalpha()}
+    # the paper's Table 1, RAF-DB, column Fear: PromptEmo 69.18, CoOp 52.09, OS-FER 56.51
+    assert "73.00 ± 3.61 (paper 69.18, +3.82)" in lines["PromptEmo"]      # 73.00 - 69.18
+    assert "50.00 (1/3) (paper 52.09, -2.09)" in lines["CoOp"]            # 50.00 - 52.09
+    assert "60.00 (1/3) (paper 56.51, +3.49)" in lines["OS-FER [ViT-B/32]"]
+    assert "61.00 (1/3) (paper 56.51, +4.49)" in lines["OS-FER [tiny]"]
+    assert "— (paper 79.85)" in lines["PromptEmo"]                        # Sur.: nothing reproduced
+    assert "— (1/7) (paper 75.91)" in lines["PromptEmo"]                  # Avg: only Fea. complete
+    assert "paper" not in lines["ZSCLIP"]                                 # not a method of the paper
+    assert "66.00" in lines["PromptEmo"] and "66.00 (paper" not in lines["PromptEmo"]  # Sur.+Fea.: no figure
+    table2 = res.stdout.split("Table 2")[1]
+    assert "(paper 64.58, -2.58)" in table2  # PromptEmo ACC-S Fea.: mean 62.00 - 64.58
+    assert "(paper" not in cli(capsys, paper_runs, "--targets", "rafdb").stdout  # only with --paper
+
+
+def test_cli_paper_csv(paper_runs, capsys):
+    res = cli(capsys, paper_runs, "--paper", "--targets", "rafdb", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert list(rows[0]) == list(T.CSV_FIELDS) + ["paper", "diff"]
+
+    def cell(trainer, column, metric="auc_u"):
+        return [r for r in rows if r["trainer"] == trainer and r["column"] == column and r["metric"] == metric]
+
+    fea = cell("PromptEmo", "Fea.")[0]
+    assert float(fea["paper"]) == 69.18 and float(fea["diff"]) == pytest.approx(73.0 - 69.18)
+    assert fea["display"] == "73.00 ± 3.61"  # the paper's figure has its own columns
+    coop = cell("CoOp", "Fea.")[0]
+    assert float(coop["paper"]) == 52.09 and float(coop["diff"]) == pytest.approx(-2.09)
+    assert {(r["row"], r["paper"]) for r in cell("OSFER", "Fea.")} == {("OS-FER [ViT-B/32]", "56.51"),
+                                                                      ("OS-FER [tiny]", "56.51")}
+    sur = cell("PromptEmo", "Sur.")[0]
+    assert (sur["paper"], sur["diff"]) == ("79.85", "")        # a figure, nothing reproduced
+    zs = cell("ZSCLIP", "Fea.")[0]
+    assert (zs["paper"], zs["diff"]) == ("", "")               # no figure
+    avg = cell("PromptEmo", "Avg", "acc_s")[0]
+    assert (avg["paper"], avg["unseen"]) == ("59.98", "")      # Table 2, RAF-DB, Avg.
+    assert "paper" not in cli(capsys, paper_runs, "--format", "csv").stdout.splitlines()[0]
+
+
+def test_cli_paper_markdown_latex_and_table5(paper_runs, capsys):
+    md = cli(capsys, paper_runs, "--paper", "--targets", "rafdb", "--format", "markdown").stdout
+    assert "| 73.00 ± 3.61 (paper 69.18, +3.82)" in md
+    tex = cli(capsys, paper_runs, "--paper", "--targets", "rafdb", "--format", "latex").stdout
+    assert r"73.00 $\pm$ 3.61 (paper 69.18, +3.82)" in tex and "-- (paper 79.85)" in tex
+    full_grid(paper_runs, "LACMFERCLIP", "ferplus", base=60.0)  # AUC-U 65.00 ± 1.00, ACC-S 52.00 ± 1.00
+    out = cli(capsys, paper_runs, "--paper", "--table5").stdout
+    row = next(ln for ln in out.splitlines() if ln.startswith("LA-CMFER + CLIP"))
+    assert row.split("  ", 1)[1].split() == ["65.00", "±", "1.00", "(paper", "60.67,", "+4.33)",
+                                             "52.00", "±", "1.00", "(paper", "40.23,", "+11.77)"]
