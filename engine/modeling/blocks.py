@@ -6,7 +6,9 @@
   and ``Ms`` a sigmoid of one convolution (kernel 49, padding 24) over the channel-wise max and mean.
 - :class:`AttentionBlock`: a ResNet basic block whose second batch-norm output goes through CBAM before the
   shortcut is added; :func:`attention_stage` stacks them as torchvision stacks its blocks.
-- :func:`quadrants`: the four quadrants of a feature map (top-left, top-right, bottom-left, bottom-right).
+- :func:`quadrants`: the four quadrants of a feature map (top-left, top-right, bottom-left, bottom-right);
+  :class:`QuadrantBranches`: attention blocks on each quadrant, pooled and concatenated (the local branch of
+  LA-CMFER, the fusion branch of DUML).
 - :class:`GradientReversal`: identity forward, ``-alpha`` times the gradient backward (Ganin & Lempitsky).
 - :class:`ArcFace`: additive angular margin logits ``s cos(theta_y + m)`` (Deng et al., CVPR 2019).
 """
@@ -74,6 +76,29 @@ def quadrants(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     gives the extra row or column to the bottom or right quadrants)."""
     h, w = x.shape[-2] // 2, x.shape[-1] // 2
     return x[..., :h, :w], x[..., :h, w:], x[..., h:, :w], x[..., h:, w:]
+
+
+class QuadrantBranches(nn.Module):
+    """Each quadrant of a ``(N, inplanes, H, W)`` map through ``blocks`` attention blocks to ``planes``
+    channels (the first striding by 2), average-pooled; the four vectors concatenated: ``(N, 4 * planes)``.
+
+    ``shared_columns`` (the released code of DUML and LA-CMFER): the two left quadrants share one branch and
+    the two right quadrants another, two branches in all (the code defines four and uses two). Otherwise each
+    quadrant has its own.
+    """
+
+    def __init__(self, inplanes: int, planes: int, blocks: int = 2, shared_columns: bool = True) -> None:
+        super().__init__()
+        self.shared_columns = shared_columns
+        self.branches = nn.ModuleList(attention_stage(inplanes, planes, blocks, stride=2)
+                                      for _ in range(2 if shared_columns else 4))
+        self.out_features = 4 * planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # quadrant q (top-left, top-right, bottom-left, bottom-right) -> its branch
+        which = (0, 1, 0, 1) if self.shared_columns else (0, 1, 2, 3)
+        return torch.cat([F.adaptive_avg_pool2d(self.branches[b](part), 1).flatten(1)
+                          for b, part in zip(which, quadrants(x))], dim=1)
 
 
 class _ReverseGradient(torch.autograd.Function):

@@ -164,12 +164,13 @@ def input_resolution(model: CLIP) -> int:
     return int(model.visual.input_resolution)
 
 
-def check_input_size(cfg, model: CLIP) -> None:
+def check_input_size(cfg, model: CLIP, name: str | None = None) -> None:
     """CLIP's positional embeddings fix the input size: INPUT.SIZE must match it."""
     res = input_resolution(model)
     if tuple(cfg.INPUT.SIZE) != (res, res):
         raise UserError(f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone "
-                        f"{cfg.MODEL.BACKBONE.NAME}, which takes {res}x{res} images; set INPUT.SIZE ({res}, {res})")
+                        f"{name or cfg.MODEL.BACKBONE.NAME}, which takes {res}x{res} images; "
+                        f"set INPUT.SIZE ({res}, {res})")
 
 
 def tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
@@ -264,10 +265,12 @@ def use_class_token_last_block(model: CLIP) -> CLIP:
     return model
 
 
-def build_clip_for(cfg, device: torch.device | str) -> CLIP:
-    """Load ``MODEL.BACKBONE.NAME``, check it fits ``INPUT.SIZE`` and move it to ``device`` (fp32)."""
-    model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT or None)
-    check_input_size(cfg, model)
+def build_clip_for(cfg, device: torch.device | str, name: str | None = None) -> CLIP:
+    """Load CLIP ``name`` (default ``MODEL.BACKBONE.NAME``), check it fits ``INPUT.SIZE`` and move it to
+    ``device`` (fp32), with the image encoder's ``MODEL.*`` options applied."""
+    name = name or cfg.MODEL.BACKBONE.NAME
+    model = load_clip(name, cfg.MODEL.BACKBONE.DOWNLOAD_ROOT or None)
+    check_input_size(cfg, model, name)
     if cfg.MODEL.PATCH_EMBED_MATMUL:
         use_patch_embed_matmul(model)
     if cfg.MODEL.CLS_ONLY_LAST_BLOCK:

@@ -44,12 +44,19 @@ class CLIPTrainer(SimpleTrainer):
         """The seen classes' names in label order."""
         return [self.lab2cname[k] for k in sorted(self.lab2cname)]
 
-    def load_clip(self) -> CLIP:
-        """``MODEL.BACKBONE.NAME`` on the trainer's device (fp32). Sets :attr:`logit_scale`, CLIP's scale as a
-        constant (never trained here), :attr:`image_encoder` (``clip_model.visual``, the module to register and
-        save, so that checkpoint keys stay plain) and :attr:`encoder`, the image encoder as the trainer calls it
-        (compiled under ``MODEL.COMPILE``)."""
-        clip_model = clip_backbone.build_clip_for(self.cfg, self.device)
+    def load_clip(self, name: str | None = None, image_encoder: bool = True) -> CLIP:
+        """CLIP ``name`` (default ``MODEL.BACKBONE.NAME``) on the trainer's device (fp32). Sets
+        :attr:`logit_scale`, CLIP's scale as a constant (never trained here), :attr:`image_encoder`
+        (``clip_model.visual``, the module to register and save, so that checkpoint keys stay plain) and
+        :attr:`encoder`, the image encoder as the trainer calls it (compiled under ``MODEL.COMPILE``).
+        ``image_encoder=False``: a trainer that uses CLIP's text side only (its images go through another
+        network); the image encoder is neither checked against ``INPUT.SIZE`` nor kept."""
+        if not image_encoder:
+            clip_model = clip_backbone.load_clip(name or self.cfg.MODEL.BACKBONE.NAME,
+                                                 self.cfg.MODEL.BACKBONE.DOWNLOAD_ROOT or None).to(self.device)
+            self.logit_scale = clip_model.logit_scale.exp().item()
+            return clip_model
+        clip_model = clip_backbone.build_clip_for(self.cfg, self.device, name)
         self.logit_scale = clip_model.logit_scale.exp().item()
         self.image_encoder = clip_model.visual
         self.encoder = compiled(self.image_encoder, self.cfg)
