@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision import transforms as T
@@ -19,8 +20,8 @@ from conftest import make_cfg
 from engine.config import extend_cfg, get_cfg_default, merge_from_list
 from engine.data.fast import FastPathSettings
 from engine.data.fast.augment import (LUMA_WEIGHTS, DeviceAugment, adjust_hue, affine_inverse_theta, affine_params,
-                                      color_jitter, compose_theta, crop_flip_theta, crop_resize_flip, erase,
-                                      erasing_params, fill_coverage, warp)
+                                      color_jitter, crop_resize_flip, erase, erasing_params, fill_coverage,
+                                      resized_crop_params, warp)
 from engine.data.transforms import build_transform
 from engine.utils.errors import UserError
 
@@ -55,6 +56,10 @@ def _affine_theta(angle, tx, ty, scale, size):
     return affine_inverse_theta(*(torch.tensor([v]) for v in (angle, tx, ty, scale)), size)
 
 
+def _coverage(theta, size):
+    return fill_coverage(F.affine_grid(theta, [theta.shape[0], 1, *size], align_corners=False), size)
+
+
 @pytest.mark.parametrize("size", [(32, 32), (24, 40)])
 def test_affine_matches_torchvision_affine_on_fixed_parameters(size):
     """Given the parameters, the device affine is torchvision's tensor ``affine`` (bilinear, fill 0):
@@ -64,7 +69,7 @@ def test_affine_matches_torchvision_affine_on_fixed_parameters(size):
     img = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)) * 255
     for angle, tx, ty, scale in AFFINES:
         theta = _affine_theta(angle, tx, ty, scale, size)
-        coverage = fill_coverage(theta, size)[0]
+        coverage = _coverage(theta, size)[0]
         ours = warp(img, theta, size)[0] * coverage
         args = (angle, [int(tx), int(ty)], scale, [0.0, 0.0])
         expected = TF.affine(img[0], *args, interpolation=InterpolationMode.BILINEAR, fill=0)
@@ -83,7 +88,7 @@ def test_affine_geometry_is_the_pil_paths():
     img = torch.from_numpy(pixels).permute(2, 0, 1)[None].float()
     for angle, tx, ty, scale in AFFINES:
         theta = _affine_theta(angle, tx, ty, scale, (32, 32))
-        coverage = fill_coverage(theta, (32, 32))[0, 0].numpy()
+        coverage = _coverage(theta, (32, 32))[0, 0].numpy()
         ours = (warp(img, theta, (32, 32))[0].permute(1, 2, 0).numpy()) * coverage[..., None]
         pil = np.asarray(TF.affine(Image.fromarray(pixels), angle, [int(tx), int(ty)], scale, [0.0, 0.0], fill=0),
                          dtype=float)
@@ -92,41 +97,53 @@ def test_affine_geometry_is_the_pil_paths():
         assert error.mean() < 2.0 and error.max() < 4.0, (angle, error.mean(), error.max())
 
 
+def _set_affine(params, u_angle, u_tx, u_ty, u_scale):
+    """Hand-set affine draws; returns torchvision's parameters for them (32 px, the default ranges)."""
+    params.update(u_angle=torch.tensor(u_angle), u_tx=torch.tensor(u_tx), u_ty=torch.tensor(u_ty),
+                  u_scale=torch.tensor(u_scale))
+    return [(15.0 * (2 * a - 1), [round(1.6 * (2 * x - 1)), round(1.6 * (2 * y - 1))], 0.9 + 0.15 * s)
+            for a, x, y, s in zip(u_angle, u_tx, u_ty, u_scale)]
+
+
+def _expected_affine(image, angle, shift, scale):
+    """torchvision's tensor affine (bilinear, fill 0) and the pixels where the output is all image."""
+    expected = TF.affine(image, angle, shift, scale, [0.0, 0.0], interpolation=InterpolationMode.BILINEAR, fill=0)
+    inside = _coverage(_affine_theta(angle, *shift, scale, image.shape[-2:]), image.shape[-2:])[0] == 1
+    return expected, inside.expand_as(expected)
+
+
 def test_affine_is_folded_into_the_crop_and_the_flip():
-    """One resampling with the composed map gives what resizing the crop, flipping and then applying
-    the affine gives; on a linear image bilinear resampling is exact, so the two agree to float error
-    wherever the affine's output is all image."""
-    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
-    linear = torch.stack([2 * xx + yy, 3 * yy, xx + 0.5 * yy + 10])[None]
-    box = [torch.tensor([v]) for v in (6, 9, 30, 25)]  # top, left, h, w: inside the image with a margin
-    for flip in (False, True):
-        flip_t = torch.tensor([flip])
-        for angle, tx, ty, scale in AFFINES:
-            affine = _affine_theta(angle, tx, ty, scale, (32, 32))
-            once = warp(linear, compose_theta(crop_flip_theta(*box, flip_t, (48, 48)), affine), (32, 32))[0]
-            resized = crop_resize_flip(linear, *box, flip_t, (32, 32))[0]
-            twice = TF.affine(resized, angle, [int(tx), int(ty)], scale, [0.0, 0.0],
-                              interpolation=InterpolationMode.BILINEAR)
-            inside = (fill_coverage(affine, (32, 32))[0] == 1).expand_as(once)
-            assert (once - twice)[inside].abs().max() < 1e-3
-    # Without a crop (DUML's transform) the flip is folded into the affine map: through apply, with the
-    # draws set by hand (the first image flipped, the second not)
+    """Through apply with hand-set draws: one resampling for crop, flip and affine gives what resizing
+    the crop, flipping, then torchvision's affine give. On a linear image bilinear resampling is exact,
+    so the two agree to float error wherever the affine's output is all image."""
+    yy, xx = np.mgrid[0:48, 0:48]
+    linear = torch.from_numpy(np.stack([2 * xx + yy, 3 * yy, xx + yy + 10], -1).astype(np.uint8))
+    images = linear.expand(2, 48, 48, 3).contiguous()
+    augment = DeviceAugment((32, 32), train=True, random_resized_crop=True, flip=True,
+                            affine=(15.0, (0.05, 0.05), (0.9, 1.05)))
+    params = augment.draw(images, torch.Generator().manual_seed(0))
+    params.update(flip_u=torch.tensor([0.2, 0.7]), u_area=torch.full((2, 10), 0.45),
+                  u_ratio=torch.full((2, 10), 0.5), u_top=torch.tensor([0.5, 0.2]), u_left=torch.tensor([0.5, 0.9]))
+    affines = _set_affine(params, [0.8, 0.1], [0.9, 0.5], [0.3, 0.5], [0.5, 0.0])
+    out = augment.apply(images, params) * 255
+    box = resized_crop_params(params["u_area"], params["u_ratio"], params["u_top"], params["u_left"], height=48,
+                              width=48, scale=(0.08, 1.0))
+    assert (box[0] >= 1).all() and (box[1] >= 1).all() and (box[0] + box[2] <= 47).all()  # inside, with a margin
+    resized = crop_resize_flip(images.permute(0, 3, 1, 2).float(), *box, torch.tensor([True, False]), (32, 32))
+    for i in range(2):
+        expected, inside = _expected_affine(resized[i], *affines[i])
+        assert (out[i] - expected)[inside].abs().max() < 1e-3
+    # Without a crop (DUML's transform) the whole image is resized (not at all here), flipped and transformed
     augment = DeviceAugment((32, 32), train=True, flip=True, affine=(15.0, (0.05, 0.05), (0.9, 1.05)))
     images = torch.from_numpy(_smooth()).expand(2, 32, 32, 3).contiguous()
     params = augment.draw(images, torch.Generator().manual_seed(0))
-    params.update(flip_u=torch.tensor([0.2, 0.7]), u_angle=torch.tensor([0.8, 0.1]), u_tx=torch.tensor([0.9, 0.5]),
-                  u_ty=torch.tensor([0.3, 0.5]), u_scale=torch.tensor([0.5, 0.0]))
-    out = augment.apply(images, params)
-    angles = [15.0 * (2 * 0.8 - 1), 15.0 * (2 * 0.1 - 1)]  # uniform in +-15
-    shifts = [[round(1.6 * 0.8), round(1.6 * -0.4)], [0, 0]]  # +-0.05 of 32 px, rounded
-    scales = [0.975, 0.9]
+    params["flip_u"] = torch.tensor([0.2, 0.7])
+    affines = _set_affine(params, [0.8, 0.1], [0.9, 0.5], [0.3, 0.5], [0.5, 0.0])
+    out = augment.apply(images, params) * 255
     float_images = images.permute(0, 3, 1, 2).float()
     for i, source in enumerate([TF.hflip(float_images[0]), float_images[1]]):
-        expected = TF.affine(source, angles[i], shifts[i], scales[i], [0.0, 0.0],
-                             interpolation=InterpolationMode.BILINEAR, fill=0) / 255
-        coverage = fill_coverage(_affine_theta(angles[i], *shifts[i], scales[i], (32, 32)), (32, 32))[0]
-        solid = ((coverage == 0) | (coverage == 1)).expand_as(expected)
-        assert (out[i] - expected)[solid].abs().max() < 1e-5
+        expected, solid = _expected_affine(source, *affines[i])
+        assert (out[i] - expected)[solid].abs().max() < 1e-3
 
 
 def test_color_jitter_matches_torchvision_in_each_images_own_order():

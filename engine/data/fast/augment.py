@@ -182,17 +182,22 @@ def crop_flip_theta(top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: t
     return torch.stack([torch.stack([sx, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
 
 
-def compose_theta(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """The ``(B, 2, 3)`` map ``p -> outer(inner(p))`` of two such maps."""
-    linear = outer[:, :, :2]
-    return torch.cat([linear @ inner[:, :, :2], linear @ inner[:, :, 2:] + outer[:, :, 2:]], dim=2)
-
-
 def warp(images: torch.Tensor, theta: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     """``images`` sampled bilinearly at ``theta``'s image of each output pixel centre (normalised
     coordinates), border pixels repeated outside the image."""
-    grid = F.affine_grid(theta.to(images.dtype), [images.shape[0], images.shape[1], *out_size], align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sample(images, F.affine_grid(theta.to(images.dtype), [images.shape[0], 1, *out_size], align_corners=False))
+
+
+def sample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``images`` sampled bilinearly at ``grid`` (B, h, w, 2) in normalised coordinates, border pixels
+    repeated outside the image."""
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def scale_shift(points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``points`` (B, h, w, 2) mapped by a diagonal ``theta`` (B, 2, 3), such as :func:`crop_flip_theta`'s:
+    two broadcast operations where a general map would be a matrix product per point."""
+    return points * theta.diagonal(dim1=1, dim2=2)[:, None, None, :] + theta[:, None, None, :, 2]
 
 
 def draw_affine_uniforms(batch: int, generator: torch.Generator | None = None,
@@ -235,16 +240,16 @@ def affine_inverse_theta(angle: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor
     return torch.stack([torch.stack(row_x, 1), torch.stack(row_y, 1)], 1)
 
 
-def fill_coverage(theta: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+def fill_coverage(points: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``(B, 1, h, w)``: for each output pixel, the share of its bilinear sample that falls inside the
-    ``out_size`` image ``theta`` maps it into (1 inside, 0 beyond a pixel outside, a linear ramp
-    between). The rest of the pixel is fill; torchvision's tensor ``affine`` computes the same share by
-    sampling an all-ones channel with zero padding."""
-    height, width = out_size
-    grid = F.affine_grid(theta, [theta.shape[0], 1, height, width], align_corners=False)
+    ``size`` image, given where each output pixel lies in it (``points``, ``F.affine_grid``'s (B, h, w, 2)
+    of :func:`affine_inverse_theta`): 1 inside, 0 beyond a pixel outside, a linear ramp between. The
+    rest of the pixel is fill; torchvision's tensor ``affine`` computes the same share by sampling an
+    all-ones channel with zero padding."""
+    height, width = size
     # pixel-index coordinates (0 at the first pixel centre) of each sample, per axis
-    ux = (grid[..., 0] + 1) * (width / 2) - 0.5
-    uy = (grid[..., 1] + 1) * (height / 2) - 0.5
+    ux = (points[..., 0] + 1) * (width / 2) - 0.5
+    uy = (points[..., 1] + 1) * (height / 2) - 0.5
     cover_x = torch.minimum(ux + 1, width - ux).clamp(0, 1)
     cover_y = torch.minimum(uy + 1, height - uy).clamp(0, 1)
     return (cover_x * cover_y).unsqueeze(1)
@@ -538,26 +543,29 @@ class DeviceAugment:
             flip = params["flip_u"] < 0.5
         else:
             flip = torch.zeros(batch, dtype=torch.bool, device=x.device)
-        affine = None
+        points = coverage = None
         if "u_angle" in params:
+            # where each output pixel lies in the cropped, resized and flipped image the affine transforms
             degrees, translate, scale = self.affine
             angle, tx, ty, s = affine_params(params["u_angle"], params["u_tx"], params["u_ty"], params["u_scale"],
                                              degrees=degrees, translate=translate, scale=scale, size=self.out_size)
-            affine = affine_inverse_theta(angle, tx, ty, s, self.out_size)
-        coverage = None if affine is None else fill_coverage(affine, self.out_size)
+            theta = affine_inverse_theta(angle, tx, ty, s, self.out_size)
+            points = F.affine_grid(theta, [batch, 1, *self.out_size], align_corners=False)
+            coverage = fill_coverage(points, self.out_size)
         if self.random_resized_crop:
             top, left, h, w = resized_crop_params(params["u_area"], params["u_ratio"], params["u_top"],
                                                   params["u_left"], height=in_h, width=in_w, scale=self.scale)
             theta = crop_flip_theta(top, left, h, w, flip, (in_h, in_w))
-            return warp(x, theta if affine is None else compose_theta(theta, affine), self.out_size), coverage
+            if points is None:
+                return warp(x, theta, self.out_size), None
+            return sample(x, scale_shift(points, theta)), coverage  # one resampling for crop, flip and affine
         # Resize(INPUT.SIZE) of the whole image, as the PIL path does without random_resized_crop
         if (in_h, in_w) != self.out_size:
             x = _resize(x, self.out_size, self.interpolation)
-        if affine is not None:
-            # the flip mirrors the point the affine map reaches: its first row changes sign
-            sign = torch.where(flip, -1.0, 1.0).to(affine.dtype).view(-1, 1, 1)
-            mirror = torch.cat([affine[:, :1] * sign, affine[:, 1:]], dim=1)
-            return warp(x, mirror, self.out_size), coverage
+        if points is not None:
+            # the flip mirrors the points the affine reaches (their x changes sign)
+            sign = torch.where(flip, -1.0, 1.0).to(points.dtype).view(-1, 1, 1, 1)
+            return sample(x, torch.cat([points[..., :1] * sign, points[..., 1:]], dim=-1)), coverage
         return (torch.where(flip[:, None, None, None], x.flip(-1), x) if self.flip else x), None
 
     def _geometry_test(self, x: torch.Tensor) -> torch.Tensor:
