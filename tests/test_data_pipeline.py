@@ -99,6 +99,24 @@ def test_grey_images_become_rgb_and_train_transform_names():
     assert 0 <= out.min() and out.max() <= 1
 
 
+def test_random_erasing_is_torchvisions_after_normalize_in_training_only():
+    from torchvision import transforms as T
+
+    cfg = _cfg(TRANSFORMS=["random_flip", "normalize", "random_erasing"], RE_P=0.7, RE_SCALE=(0.05, 0.2))
+    steps = build_transform(cfg, is_train=True).transforms
+    assert isinstance(steps[-2], T.Normalize) and isinstance(steps[-1], T.RandomErasing)
+    erasing = steps[-1]
+    assert (erasing.p, erasing.scale, erasing.ratio, erasing.value) == (0.7, (0.05, 0.2), (0.3, 3.3), 0)
+    assert not any(isinstance(s, T.RandomErasing) for s in build_transform(cfg, is_train=False).transforms)
+    # erased pixels are 0 in the normalised image (the mean colour), about RE_P of the images have some
+    img = Image.fromarray(np.full((32, 32, 3), 255, dtype=np.uint8))
+    torch.manual_seed(0)
+    erased = sum(bool((build_transform(cfg, is_train=True)(img) == 0).any()) for _ in range(300))
+    assert 170 < erased < 250
+    with pytest.raises(UserError, match=r"INPUT.RE_P must be in \[0, 1\], got 1.5"):
+        build_transform(_cfg(TRANSFORMS=["random_erasing"], RE_P=1.5), is_train=True)
+
+
 def test_random_flip_flips_about_half_the_time():
     arr = np.zeros((32, 32, 3), dtype=np.uint8)
     arr[:, :16] = 255  # left half white

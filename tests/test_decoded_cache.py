@@ -255,8 +255,8 @@ def test_cached_loader_yields_the_dataloader_order_and_pil_test_pixels(synthetic
 
 def test_transforms_the_device_cannot_run_are_a_clear_user_error(synthetic_root, tmp_path):
     cfg = make_cfg(synthetic_root, str(tmp_path), "DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR",
-                   str(tmp_path / "cache"), "INPUT.TRANSFORMS", "['random_resized_crop','colorjitter','normalize']")
-    with pytest.raises(UserError, match=r"colorjitter.*DATALOADER.CACHE.ENABLED False"):
+                   str(tmp_path / "cache"), "INPUT.TRANSFORMS", "['random_resized_crop','gaussian_blur','normalize']")
+    with pytest.raises(UserError, match=r"gaussian_blur.*DATALOADER.CACHE.ENABLED False"):
         DataManager(cfg)
     assert not os.path.exists(tmp_path / "cache")  # nothing decoded before the check
 

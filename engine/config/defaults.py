@@ -1,7 +1,8 @@
 """Default configuration, with Dassl's key names wherever Dassl has the concept.
 
 Keys this engine adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATALOADER.DOMAIN_EPOCH``,
-``DATALOADER.CACHE.*`` (the fast data path, :mod:`engine.data.fast.settings`), ``CUDNN_BENCHMARK``,
+``DATALOADER.CACHE.*`` (the fast data path, :mod:`engine.data.fast.settings`), ``INPUT.AFFINE_*`` and
+``INPUT.RE_*`` (the ``random_affine`` and ``random_erasing`` transforms), ``CUDNN_BENCHMARK``,
 ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.BACKBONE.WEIGHTS``, ``MODEL.BACKBONE.WIDTH``, ``MODEL.COMPILE``,
 ``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``MODEL.CLS_ONLY_LAST_BLOCK``, ``OPTIM.FUSED``,
 ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``,
@@ -69,6 +70,10 @@ _C.INPUT.RGS_P = 0.2
 _C.INPUT.AFFINE_DEGREES = 15.0
 _C.INPUT.AFFINE_TRANSLATE = (0.05, 0.05)
 _C.INPUT.AFFINE_SCALE = (0.9, 1.05)
+# random_erasing (torchvision's RandomErasing, after normalize, aspect ratio in (0.3, 3.3), erased to 0):
+# probability per image and the erased area's range as a fraction of the image area (torchvision's defaults)
+_C.INPUT.RE_P = 0.5
+_C.INPUT.RE_SCALE = (0.02, 0.33)
 # Gaussian blur probability and kernel size
 _C.INPUT.GB_P = 0.5
 _C.INPUT.GB_K = 21

@@ -2,10 +2,11 @@
 
 Train-time choices, applied in this order whatever the order of ``INPUT.TRANSFORMS``:
 ``random_resized_crop, random_crop, center_crop, random_flip, colorjitter, randomgrayscale,
-random_affine, gaussian_blur, gaussian_noise, normalize`` (pixel-wise colour transforms commute with a
-flip, so DUML's and LA-CMFER's "jitter, greyscale, flip, affine" has this order's distribution). Test
-time always resizes the short side to ``max(INPUT.SIZE)`` and centre-crops, then applies ``normalize`` if
-chosen (as Dassl does).
+random_affine, gaussian_blur, gaussian_noise, normalize, random_erasing`` (pixel-wise colour transforms
+commute with a flip, so DUML's and LA-CMFER's "jitter, greyscale, flip, affine" has this order's
+distribution; ``random_erasing`` works on the normalised tensor, as torchvision's ``RandomErasing`` is
+meant to). Test time always resizes the short side to ``max(INPUT.SIZE)`` and centre-crops, then applies
+``normalize`` if chosen (as Dassl does).
 
 One deviation from Dassl, on purpose: ``random_crop`` resizes to ``INPUT.SIZE`` first. Dassl crops
 the raw image, which only works when every image already has the input size; FER datasets mix
@@ -23,8 +24,10 @@ from engine.utils.errors import UserError
 
 AVAILABLE_TRANSFORMS = (
     "random_resized_crop", "random_crop", "center_crop", "random_flip", "random_affine", "colorjitter",
-    "randomgrayscale", "gaussian_blur", "gaussian_noise", "normalize",
+    "randomgrayscale", "gaussian_blur", "gaussian_noise", "normalize", "random_erasing",
 )
+# torchvision's RandomErasing aspect-ratio range, which random_erasing keeps
+ERASE_RATIO = (0.3, 3.3)
 
 INTERPOLATION_MODES = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -54,6 +57,30 @@ def check_transform_names(choices: Sequence[str]) -> None:
                         f"available: {', '.join(AVAILABLE_TRANSFORMS)}")
 
 
+def check_transform_params(cfg, choices: Sequence[str]) -> None:
+    """A :class:`UserError` naming the first out-of-range parameter of the chosen ``colorjitter``,
+    ``random_affine`` and ``random_erasing`` (the ranges torchvision accepts), before any data is read."""
+    i = cfg.INPUT
+    if "colorjitter" in choices:
+        for key in ("COLORJITTER_B", "COLORJITTER_C", "COLORJITTER_S"):
+            if float(i[key]) < 0:
+                raise UserError(f"INPUT.{key} must be >= 0, got {i[key]}")
+        if not 0 <= float(i.COLORJITTER_H) <= 0.5:
+            raise UserError(f"INPUT.COLORJITTER_H must be in [0, 0.5], got {i.COLORJITTER_H}")
+    if "random_affine" in choices:
+        if float(i.AFFINE_DEGREES) < 0:
+            raise UserError(f"INPUT.AFFINE_DEGREES must be >= 0, got {i.AFFINE_DEGREES}")
+        if len(i.AFFINE_TRANSLATE) != 2 or not all(0 <= float(t) <= 1 for t in i.AFFINE_TRANSLATE):
+            raise UserError(f"INPUT.AFFINE_TRANSLATE must be two fractions in [0, 1], got {tuple(i.AFFINE_TRANSLATE)}")
+        if len(i.AFFINE_SCALE) != 2 or not 0 < float(i.AFFINE_SCALE[0]) <= float(i.AFFINE_SCALE[1]):
+            raise UserError(f"INPUT.AFFINE_SCALE must be (low, high) with 0 < low <= high, got {tuple(i.AFFINE_SCALE)}")
+    if "random_erasing" in choices:
+        if not 0 <= float(i.RE_P) <= 1:
+            raise UserError(f"INPUT.RE_P must be in [0, 1], got {i.RE_P}")
+        if len(i.RE_SCALE) != 2 or not 0 <= float(i.RE_SCALE[0]) <= float(i.RE_SCALE[1]) <= 1:
+            raise UserError(f"INPUT.RE_SCALE must be (low, high) with 0 <= low <= high <= 1, got {tuple(i.RE_SCALE)}")
+
+
 def check_interpolation(name: str) -> None:
     """A :class:`UserError` unless ``INPUT.INTERPOLATION`` names a supported mode."""
     if name not in INTERPOLATION_MODES:
@@ -66,6 +93,7 @@ def build_transform(cfg, is_train: bool = True, choices: Sequence[str] | None = 
         return None
     choices = list(cfg.INPUT.TRANSFORMS if choices is None else choices)
     check_transform_names(choices)
+    check_transform_params(cfg, choices)
     check_interpolation(cfg.INPUT.INTERPOLATION)
     size = tuple(cfg.INPUT.SIZE)
     interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
@@ -99,6 +127,8 @@ def build_transform(cfg, is_train: bool = True, choices: Sequence[str] | None = 
         tfms += [T.Resize(max(size), interpolation=interp), T.CenterCrop(size), T.ToTensor()]
     if "normalize" in choices:
         tfms.append(normalize)
+    if is_train and "random_erasing" in choices:
+        tfms.append(T.RandomErasing(p=cfg.INPUT.RE_P, scale=tuple(cfg.INPUT.RE_SCALE), ratio=ERASE_RATIO, value=0))
     return T.Compose(tfms)
 
 

@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 
 from engine.data.fast.augment import DeviceAugment
-from engine.data.transforms import check_interpolation, check_transform_names
+from engine.data.transforms import check_interpolation, check_transform_names, check_transform_params
 from engine.utils.distributed import training_device
 from engine.utils.errors import UserError
 from engine.utils.tools import compiled
@@ -38,8 +38,8 @@ from engine.utils.tools import compiled
 logger = logging.getLogger(__name__)
 
 # The INPUT.TRANSFORMS that run on the device (engine.data.fast.augment says how each maps to the PIL path's)
-SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "randomgrayscale",
-                        "gaussian_noise", "normalize")
+SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "colorjitter", "randomgrayscale",
+                        "random_affine", "gaussian_noise", "normalize", "random_erasing")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class FastPathSettings:
                             "one size and are always resized to INPUT.SIZE); disable one of them")
         choices = list(cfg.INPUT.TRANSFORMS)
         check_transform_names(choices)
+        check_transform_params(cfg, choices)
         unsupported = [c for c in choices if c not in SUPPORTED_TRANSFORMS]
         if unsupported:
             raise UserError(f"INPUT.TRANSFORMS {', '.join(unsupported)} cannot run on the decoded-image cache "
@@ -109,6 +110,11 @@ def device_augment(cfg, train: bool, choices: Sequence[str]) -> DeviceAugment:
         flip=train and "random_flip" in choices,
         grayscale_p=cfg.INPUT.RGS_P if train and "randomgrayscale" in choices else 0.0,
         noise=(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD) if train and "gaussian_noise" in choices else None,
+        jitter=(cfg.INPUT.COLORJITTER_B, cfg.INPUT.COLORJITTER_C, cfg.INPUT.COLORJITTER_S, cfg.INPUT.COLORJITTER_H)
+        if train and "colorjitter" in choices else None,
+        affine=(cfg.INPUT.AFFINE_DEGREES, tuple(cfg.INPUT.AFFINE_TRANSLATE), tuple(cfg.INPUT.AFFINE_SCALE))
+        if train and "random_affine" in choices else None,
+        erasing=(cfg.INPUT.RE_P, tuple(cfg.INPUT.RE_SCALE)) if train and "random_erasing" in choices else None,
         mean=cfg.INPUT.PIXEL_MEAN if normalize else None,
         std=cfg.INPUT.PIXEL_STD if normalize else None,
         interpolation=cfg.INPUT.INTERPOLATION,
