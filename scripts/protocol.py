@@ -1,6 +1,6 @@
 """The MO-FER protocol: every target x unseen class x seed x method, one train.py run each.
 
-    python scripts/protocol.py                       # all 4 targets x 7 classes x 3 seeds x 4 methods
+    python scripts/protocol.py                       # all 4 targets x 7 classes x 3 seeds x 7 methods
     python scripts/protocol.py --dry-run > jobs.txt  # one command per line, for your own scheduler
     python scripts/protocol.py --methods PromptEmo --targets rafdb --unseen fear -- OPTIM.MAX_EPOCH 30
 
@@ -9,6 +9,11 @@ Each run goes to ``OUT/<target>/<unseen>/<method>/seed<k>``; the sources are the
 it stopped, and a run killed mid-way resumes from its own checkpoint). Arguments after ``--`` are passed
 to every train.py call as trailing ``KEY VALUE`` pairs. ``scripts/promptemo.sh`` and
 ``scripts/baselines.sh`` are this runner restricted to one cell.
+
+Configs: ``configs/trainers/<method>/<variant>.yaml``. The default variant, ``paper``, is each method's
+config with the original's settings: the one file of its folder not named ``tiny*`` (it is named after the
+backbone: ``vit_b32.yaml``, ``resnet18.yaml``, ``resnet34.yaml``); ``tiny`` and ``tiny_pretrained`` are
+every method's CPU sizes.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from typing import Iterator
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOMAINS = ("rafdb", "ferplus", "affectnet", "oulu")
 CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-METHODS = ("PromptEmo", "Baseline", "CoOp", "ZSCLIP")
+METHODS = ("PromptEmo", "Baseline", "CoOp", "ZSCLIP", "DUML", "LACMFER", "LACMFERCLIP")
+PAPER_VARIANT = "paper"
 
 
 def in_repo(*parts: str) -> str:
@@ -31,7 +37,18 @@ def in_repo(*parts: str) -> str:
 
 
 def method_config(method: str, variant: str) -> str:
-    return in_repo("configs", "trainers", method, f"{variant}.yaml")
+    """The config of ``method`` for ``variant`` (see the module docstring); for ``paper``, an error message
+    when the method's folder does not hold exactly one such file."""
+    if variant != PAPER_VARIANT:
+        return in_repo("configs", "trainers", method, f"{variant}.yaml")
+    folder = os.path.join(REPO, "configs", "trainers", method)
+    found = sorted(f for f in os.listdir(folder) if f.endswith(".yaml") and not f.startswith("tiny")) \
+        if os.path.isdir(folder) else []
+    if len(found) != 1:
+        where = f"{', '.join(found)} in {folder}" if found else f"none in {folder}"
+        raise ValueError(f"no single config with the original's settings for {method} ({where}); give --config "
+                         f"or --variant")
+    return in_repo("configs", "trainers", method, found[0])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="./data", help="dataset root (DATASET.ROOT)")
     p.add_argument("--out", default="output/mofer", help="output root")
     p.add_argument("--dataset-config", default=in_repo("configs", "datasets", "mofer.yaml"))
-    p.add_argument("--variant", default="vit_b32", help="config file name under configs/trainers/<method>/")
+    p.add_argument("--variant", default=PAPER_VARIANT,
+                   help="config file name under configs/trainers/<method>/ (default: paper, each method's "
+                        "config with the original's settings)")
     p.add_argument("--config", default=None, help="explicit trainer config (only with a single method)")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--dry-run", action="store_true", help="print the commands of unfinished runs, run nothing")
@@ -62,7 +81,10 @@ def check(args: argparse.Namespace) -> str | None:
     if args.config and len(args.methods) != 1:
         return "--config applies to one method; give --methods NAME"
     for method in args.methods:
-        config = args.config or method_config(method, args.variant)
+        try:
+            config = args.config or method_config(method, args.variant)
+        except ValueError as e:
+            return str(e)
         if not os.path.isfile(config):
             return f"no config for {method}: {config} does not exist"
     return None
