@@ -37,6 +37,7 @@ from engine.modeling.mmd import DEFAULT_MULTIPLIERS
 from engine.modeling.resnet import build_resnet_trunk, scaled, width_scale
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
+from engine.utils.tools import compiled
 from trainers import lacmfer_losses as L
 
 
@@ -86,11 +87,13 @@ class LACMFER(TrainerXU):
         cfg, c = self.cfg, self.cfg.TRAINER.LACMFER
         stem = build_resnet_trunk(cfg, upto="layer2")
         self.model = LACMFERNet(stem, self.num_classes, width_scale(cfg), bool(c.SHARED_COLUMNS)).to(self.device)
+        self.network = compiled(self.model, cfg)  # registered and saved as self.model: plain checkpoint keys
         self.loss_settings = L.LossSettings(
             label_smoothing=c.LABEL_SMOOTHING, align_weight=c.ALIGN_WEIGHT, cluster_weight=c.CLUSTER_WEIGHT,
             mcc_weight=c.MCC_WEIGHT, pseudo_weight=c.PSEUDO_WEIGHT, confidence=c.CONFIDENCE,
             pseudo_threshold=c.PSEUDO_THRESHOLD, mcc_on_logits=bool(c.MCC_ON_LOGITS),
             mmd_multipliers=tuple(float(m) for m in c.MMD_MULTIPLIERS))
+        self.losses = compiled(L.step_losses, cfg)
         stem_ids = {id(p) for p in self.model.stem.parameters()}
         groups = [{"params": list(self.model.stem.parameters()), "lr": cfg.OPTIM.LR * c.STEM_LR_MULT},
                   {"params": [p for p in self.model.parameters() if id(p) not in stem_ids], "lr": cfg.OPTIM.LR}]
@@ -101,12 +104,12 @@ class LACMFER(TrainerXU):
     def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The network's features and logits, under the run's precision; fp32 out."""
         with self.autocast():
-            out = self.model(images)
+            out = self.network(images)
         return {k: v.float() for k, v in out.items()}
 
     def step_losses(self, out_s: dict[str, torch.Tensor], out_t: dict[str, torch.Tensor],
                     labels_s: torch.Tensor) -> dict[str, torch.Tensor]:
-        return L.step_losses(out_s, out_t, labels_s, self.loss_settings)
+        return self.losses(out_s, out_t, labels_s, self.loss_settings)
 
     def forward_backward(self, batch_x: dict, batch_u: dict) -> dict[str, torch.Tensor]:
         input_x, label_x, input_u = self.parse_batch_train(batch_x, batch_u)
