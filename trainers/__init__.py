@@ -1,5 +1,6 @@
 """Trainers: importing this package registers them (one import line per trainer)."""
 from trainers import baseline  # noqa: F401
 from trainers import coop  # noqa: F401
+from trainers import duml  # noqa: F401
 from trainers import promptemo  # noqa: F401
 from trainers import zsclip  # noqa: F401
