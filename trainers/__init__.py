@@ -1,6 +1,7 @@
 """Trainers: importing this package registers them (one import line per trainer)."""
 from trainers import baseline  # noqa: F401
 from trainers import coop  # noqa: F401
+from trainers import duml  # noqa: F401
 from trainers import lacmfer  # noqa: F401
 from trainers import lacmfer_clip  # noqa: F401
 from trainers import promptemo  # noqa: F401
