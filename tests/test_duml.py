@@ -11,13 +11,13 @@ import os
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
-from conftest import ROOT, SYNTH_OPTS, SYNTH_SOURCES, SYNTH_TARGET
+from conftest import CHANCE_ACC_S, LEARNABLE_OPTS, ROOT, SYNTH_OPTS, SYNTH_SOURCES, SYNTH_TARGET, make_method_cfg
 from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list
 from engine.modeling.resnet import ResNetTrunk
 from engine.trainer import build_trainer
 from engine.utils.errors import UserError
+from engine.utils.logger import setup_logger
 from trainers import duml_losses as L
 from trainers.duml import DUMLNet
 
@@ -167,14 +167,14 @@ def test_network_has_the_originals_shapes_at_224_px():
     assert (net.classifiers[0].in_features, net.classifiers[0].out_features) == (512, 6)
     assert (net.discriminators[2].in_features, net.discriminators[2].out_features) == (512, 2)
     assert (net.domain_classifier.in_features, net.domain_classifier.out_features) == (128, 3)
-    assert net.fusion_classifier.in_features == 1024 and len(net.quadrant_branches) == 2
+    assert net.fusion_classifier.in_features == 1024 and len(net.fusion.branches) == 2
     assert net.arcface.weight.shape == (6, 512) and (net.arcface.s, net.arcface.m) == (30.0, 0.5)
     assert net.prototypes.shape == (3, 6, 512)
     net.eval()
     with torch.no_grad():
         maps = net.stem(torch.randn(1, 3, 224, 224))
         assert maps.shape == (1, 128, 28, 28)
-        assert net.fusion_features(maps).shape == (1, 1024)
+        assert net.fusion(maps).shape == (1, 1024)
         assert net.branch(0, maps)[0].shape == (1, 512)
 
 
@@ -183,9 +183,9 @@ def test_quadrants_go_through_the_branches_of_the_originals_forward(branches, ca
     net = DUMLNet(ResNetTrunk("resnet34", upto="layer2", width=8), 3, 6, 8 / 64, torch.ones(3),
                   quadrant_branches=branches)
     seen = [0] * branches
-    for q, branch in enumerate(net.quadrant_branches):
+    for q, branch in enumerate(net.fusion.branches):
         branch.register_forward_hook(lambda *_, q=q: seen.__setitem__(q, seen[q] + 1))
-    net.fusion_features(torch.randn(2, 16, 4, 4))
+    net.fusion(torch.randn(2, 16, 4, 4))
     assert seen == calls  # 2: top-left and bottom-left share the first (DUML_inference.py:147-150)
 
 
@@ -240,26 +240,19 @@ def test_a_step_without_one_source_and_the_prototypes_through_a_checkpoint(synth
     assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-5)
 
 
-def test_end_to_end_on_the_synthetic_domains(synthetic_root, tmp_path):
-    """The tiny config end to end (15 epochs on the test domains, target synth_wild, unseen fear): results.json
-    with every metric, every loss term logged, and the fusion head, the one reported, has learned the sources.
-
-    Not asserted: ACC-S above chance on the target. Measured with this config, seeds 1-4: the fusion head
-    classifies 82.6, 81.3, 78.5, 83.3% of the sources' training faces and 12.5, 8.3, 4.2, 4.2% of the target's
-    seen test faces (chance 16.7%; 24 faces). A ResNet stem trained from scratch on 32 px synthetic faces does
-    not transfer to synth_wild at this size (configs/trainers/DUML/tiny.yaml has the probes)."""
+def test_end_to_end_the_tiny_config_learns(learnable_root, tmp_path):
+    """The tiny config end to end on three synthetic domains, the target a twin of one of them (the method must
+    learn, not transfer across styles: on a new 32 px synthetic domain a ResNet stem from scratch stays near
+    chance, configs/trainers/DUML/tiny.yaml has the probes), 8 epochs to keep the test short: results.json with
+    every metric, every loss term logged finite, and ACC-S well above chance (measured 29-43, seeds 1-3;
+    chance 16.7 +- 3.4 on 120 seen test faces)."""
     out = tmp_path / "e2e"
-    t = build_trainer(duml_cfg(synthetic_root, str(out), "SEED", "1"))
-    t.train()
-    metrics = json.load(open(out / "results.json"))["metrics"]
-    assert json.load(open(out / "results.json"))["trainer"] == "DUML"
-    assert all(0.0 <= metrics[k] <= 100.0 for k in ("auc_u", "acc_s", "h_best", "oscr")), metrics
+    setup_logger(str(out))
+    build_trainer(make_method_cfg(learnable_root, str(out), "DUML", *LEARNABLE_OPTS, "OPTIM.MAX_EPOCH", "8",
+                                  "OPTIM.STEPSIZE", "(6,)")).train()
+    results = json.load(open(out / "results.json"))
+    assert results["trainer"] == "DUML" and results["epochs_trained"] == 8
     logged = [json.loads(line) for line in open(out / "metrics.jsonl")]
     terms = [f"train/loss_{n}" for n in ("ce", "arcface", "fusion", "discriminator", "domain", "local", "kl")]
     assert all(math.isfinite(r[k]) for r in logged if "train/loss" in r for k in terms)
-
-    items = t.dm.dataset.train_x
-    images = torch.stack([t.dm.tfm_test(Image.open(item.impath)) for item in items]).to(t.device)
-    labels = torch.tensor([item.label for item in items], device=t.device)
-    accuracy = (t.model_inference(images).argmax(-1) == labels).float().mean().item()
-    assert accuracy > 0.6, accuracy  # measured 0.78-0.83 over seeds 1-4; chance 1/6
+    assert results["metrics"]["acc_s"] > CHANCE_ACC_S + 8

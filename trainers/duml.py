@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from engine.config import register_config_hook
-from engine.modeling.blocks import ArcFace, GradientReversal, attention_stage, quadrants
+from engine.modeling.blocks import ArcFace, GradientReversal, QuadrantBranches, attention_stage
 from engine.modeling.resnet import ResNetTrunk, build_resnet_trunk, scaled, width_scale
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
@@ -116,22 +116,14 @@ class DUMLNet(nn.Module):
         self.discriminators = nn.ModuleList([nn.Linear(c_out, 2) for _ in range(num_sources)])
         self.grl = GradientReversal(1.0)
         self.domain_classifier = nn.Linear(c_stem, num_sources)
-        self.quadrant_branches = nn.ModuleList([attention_stage(c_stem, c_quad, 2, stride=2)
-                                                for _ in range(quadrant_branches)])
-        self.fusion_classifier = nn.Linear(4 * c_quad, num_classes)
+        self.fusion = QuadrantBranches(c_stem, c_quad, blocks=2, branches=quadrant_branches)
+        self.fusion_classifier = nn.Linear(self.fusion.out_features, num_classes)
         self.arcface = ArcFace(c_out, num_classes, s=arcface_s, m=arcface_m)
         self.register_buffer("prototypes", torch.zeros(num_sources, num_classes, c_out))
         self.register_buffer("domain_counts", domain_counts.float().clone())
 
-    def fusion_features(self, maps: torch.Tensor) -> torch.Tensor:
-        """The four quadrants of the stem map (top-left, top-right, bottom-left, bottom-right, the original's
-        order), quadrant ``q`` through quadrant branch ``q mod QUADRANT_BRANCHES``, pooled and concatenated."""
-        n = len(self.quadrant_branches)
-        return torch.cat([F.adaptive_avg_pool2d(self.quadrant_branches[q % n](part), 1).flatten(1)
-                          for q, part in enumerate(quadrants(maps))], dim=1)
-
     def fusion_logits(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.fusion_classifier(self.fusion_features(maps))
+        return self.fusion_classifier(self.fusion(maps))
 
     def domain_logits(self, maps: torch.Tensor) -> torch.Tensor:
         return self.domain_classifier(F.adaptive_avg_pool2d(maps, 1).flatten(1))
@@ -261,5 +253,5 @@ class DUML(TrainerXU):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """The fusion branch's features (what the reported classifier sees), L2-normalised."""
         with self.autocast():
-            features = self.model.fusion_features(self.model.stem(images))
+            features = self.model.fusion(self.model.stem(images))
         return F.normalize(features.float(), dim=-1)

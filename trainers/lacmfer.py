@@ -8,7 +8,7 @@ Network (:class:`LACMFERNet`): an ImageNet ResNet-18 up to ``layer2`` (28x28x128
   channels, pooled and concatenated to 1024, ``Linear(1024, K)``.
 An attention block is a ResNet basic block with CBAM (spatial kernel 49) before its shortcut
 (:mod:`engine.modeling.blocks`). As in the released code, the two left quadrants share one branch and the
-two right ones another (``TRAINER.LACMFER.SHARED_COLUMNS``; the code defines four and uses two); the source and
+two right ones another (``TRAINER.LACMFER.QUADRANT_BRANCHES 2``; the code defines four and uses two); the source and
 the target batch go through the network separately (batch-norm statistics per domain in training).
 
 Losses (:mod:`trainers.lacmfer_losses`): ``LS_g + LS_l + 0.4 (A_g + A_l) + 0.5 MCC + 0.1 L_pl``.
@@ -54,21 +54,21 @@ def add_lacmfer_config(cfg) -> None:
     c.PSEUDO_THRESHOLD = 0.9  # agreed pseudo-labels: one head's max softmax above this
     c.MCC_ON_LOGITS = False  # the released code's raw logits instead of probabilities
     c.STEM_LR_MULT = 0.1  # the ResNet stem's learning rate relative to OPTIM.LR
-    c.SHARED_COLUMNS = True  # local branch: the left and the right quadrants share a branch, as the code
+    c.QUADRANT_BRANCHES = 2  # local branch: 2, the left and the right quadrants share a branch (the code), or 4
     c.MMD_MULTIPLIERS = DEFAULT_MULTIPLIERS
 
 
 class LACMFERNet(nn.Module):
     """ResNet stem, global and local branches, a linear head on each (see module docstring)."""
 
-    def __init__(self, stem: nn.Module, num_classes: int, scale: float = 1.0, shared_columns: bool = True) -> None:
+    def __init__(self, stem: nn.Module, num_classes: int, scale: float = 1.0, quadrant_branches: int = 2) -> None:
         super().__init__()
         c128, c256, c1024 = scaled(128, scale), scaled(256, scale), scaled(1024, scale)
         self.stem = stem
         self.global_branch = nn.Sequential(attention_stage(c128, c256, 6, stride=2),
                                            attention_stage(c256, c1024, 3, stride=2),
                                            nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.local_branch = QuadrantBranches(c128, c256, blocks=2, shared_columns=shared_columns)
+        self.local_branch = QuadrantBranches(c128, c256, blocks=2, branches=quadrant_branches)
         self.head_g = nn.Linear(c1024, num_classes)
         self.head_l = nn.Linear(self.local_branch.out_features, num_classes)
         self.feature_dim = c1024
@@ -86,7 +86,7 @@ class LACMFER(TrainerXU):
     def build_model(self) -> None:
         cfg, c = self.cfg, self.cfg.TRAINER.LACMFER
         stem = build_resnet_trunk(cfg, upto="layer2")
-        self.model = LACMFERNet(stem, self.num_classes, width_scale(cfg), bool(c.SHARED_COLUMNS)).to(self.device)
+        self.model = LACMFERNet(stem, self.num_classes, width_scale(cfg), int(c.QUADRANT_BRANCHES)).to(self.device)
         self.network = compiled(self.model, cfg)  # registered and saved as self.model: plain checkpoint keys
         self.loss_settings = L.LossSettings(
             label_smoothing=c.LABEL_SMOOTHING, align_weight=c.ALIGN_WEIGHT, cluster_weight=c.CLUSTER_WEIGHT,

@@ -82,23 +82,22 @@ class QuadrantBranches(nn.Module):
     """Each quadrant of a ``(N, inplanes, H, W)`` map through ``blocks`` attention blocks to ``planes``
     channels (the first striding by 2), average-pooled; the four vectors concatenated: ``(N, 4 * planes)``.
 
-    ``shared_columns`` (the released code of DUML and LA-CMFER): the two left quadrants share one branch and
-    the two right quadrants another, two branches in all (the code defines four and uses two). Otherwise each
-    quadrant has its own.
+    Quadrant ``q`` (top-left, top-right, bottom-left, bottom-right) goes through branch ``q mod branches``.
+    ``branches=2`` is the released code of DUML and LA-CMFER: the two left quadrants share one branch and the
+    two right ones another (the code defines four and uses two); ``branches=4`` gives each quadrant its own.
     """
 
-    def __init__(self, inplanes: int, planes: int, blocks: int = 2, shared_columns: bool = True) -> None:
+    def __init__(self, inplanes: int, planes: int, blocks: int = 2, branches: int = 2) -> None:
         super().__init__()
-        self.shared_columns = shared_columns
-        self.branches = nn.ModuleList(attention_stage(inplanes, planes, blocks, stride=2)
-                                      for _ in range(2 if shared_columns else 4))
+        if branches not in (1, 2, 4):
+            raise ValueError(f"branches must be 1, 2 or 4, got {branches}")
+        self.branches = nn.ModuleList(attention_stage(inplanes, planes, blocks, stride=2) for _ in range(branches))
         self.out_features = 4 * planes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # quadrant q (top-left, top-right, bottom-left, bottom-right) -> its branch
-        which = (0, 1, 0, 1) if self.shared_columns else (0, 1, 2, 3)
-        return torch.cat([F.adaptive_avg_pool2d(self.branches[b](part), 1).flatten(1)
-                          for b, part in zip(which, quadrants(x))], dim=1)
+        n = len(self.branches)
+        return torch.cat([F.adaptive_avg_pool2d(self.branches[q % n](part), 1).flatten(1)
+                          for q, part in enumerate(quadrants(x))], dim=1)
 
 
 class _ReverseGradient(torch.autograd.Function):
