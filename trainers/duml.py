@@ -70,6 +70,7 @@ from engine.modeling.resnet import ResNetTrunk, build_resnet_trunk, scaled, widt
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
 from engine.utils.errors import UserError
+from engine.utils.tools import compiled
 from trainers import duml_losses as L
 
 LOSS_TERMS = ("CE", "ARCFACE", "FUSION", "DISCRIMINATOR", "DOMAIN", "LOCAL", "KL")
@@ -170,6 +171,11 @@ class DUML(TrainerXU):
         self.model = DUMLNet(build_resnet_trunk(cfg, upto="layer2"), self.num_source_domains, self.num_classes,
                              width_scale(cfg), counts, arcface_s=c.ARCFACE_S, arcface_m=c.ARCFACE_M,
                              quadrant_branches=c.QUADRANT_BRANCHES).to(self.device)
+        # MODEL.COMPILE compiles the stem and the fusion head, which see the whole batch (the model is registered
+        # and saved as it is: plain checkpoint keys); a source branch sees its own source's rows, a number that
+        # changes from batch to batch (read on the host), and runs eagerly
+        self.stem = compiled(self.model.stem, cfg)
+        self.fusion_head = compiled(self.model.fusion_logits, cfg)
         self.loss_weights = {term.lower(): float(c.LOSS[term]) for term in LOSS_TERMS}
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
@@ -196,8 +202,8 @@ class DUML(TrainerXU):
         net.grl.alpha = c.GRL_ALPHA * L.grl_alpha(self.training_progress(), c.GRL_GAMMA)
 
         with self.autocast():
-            maps = net.stem(torch.cat([input_x, input_u]))
-            fusion_logits = net.fusion_logits(maps).float()
+            maps = self.stem(torch.cat([input_x, input_u]))
+            fusion_logits = self.fusion_head(maps).float()
             domain_logits = net.domain_logits(maps[:n_s]).float()
         zero = maps.new_zeros((), dtype=torch.float32)
         l_ce = l_arc = l_disc = zero
@@ -246,12 +252,12 @@ class DUML(TrainerXU):
     def model_inference(self, images: torch.Tensor) -> torch.Tensor:
         """Seen-class probabilities: softmax of the fusion head (MSP; the unseen score is ``1 - max``)."""
         with self.autocast():
-            logits = self.model.fusion_logits(self.model.stem(images))
+            logits = self.fusion_head(self.stem(images))
         return logits.float().softmax(dim=-1)
 
     @torch.no_grad()
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """The fusion branch's features (what the reported classifier sees), L2-normalised."""
         with self.autocast():
-            features = self.model.fusion(self.model.stem(images))
+            features = self.model.fusion(self.stem(images))
         return F.normalize(features.float(), dim=-1)
