@@ -123,3 +123,26 @@ def make_method_cfg(root: str, output_dir: str, method: str, *opts: str, variant
                           "DATALOADER.NUM_WORKERS", "0", "VERBOSE", "False", *SYNTH_OPTS, *opts])
     cfg.freeze()
     return cfg
+
+
+def check_fast_path_and_compiled_step(root: str, tmp_path, method: str, paper_variant: str, compile_with) -> None:
+    """For a ResNet method: its original settings' transforms all run on the decoded-image cache, and with the
+    cache one training step under MODEL.COMPILE (aot_eager) gives the eager step's losses, without a graph
+    break, from the same weights and batch."""
+    from engine.data.fast import FastPathSettings
+    from engine.trainer import build_trainer
+
+    FastPathSettings.from_cfg(make_method_cfg(root, str(tmp_path / "paper"), method, variant=paper_variant))
+    counters = compile_with("aot_eager")
+    opts = ["DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", str(tmp_path / "cache"), "TRAIN.PRECISION",
+            "fp32", "OPTIM.MAX_EPOCH", "1"]
+    eager = build_trainer(make_method_cfg(root, str(tmp_path / "eager"), method, *opts))
+    comp = build_trainer(make_method_cfg(root, str(tmp_path / "comp"), method, *opts, "MODEL.COMPILE", "True"))
+    comp.model.load_state_dict(eager.model.state_dict())
+    batch_x, batch_u = next(iter(eager.train_loader_x)), next(iter(eager.train_loader_u))
+    eager.set_model_mode("train")
+    comp.set_model_mode("train")
+    ref, got = eager.forward_backward(batch_x, batch_u), comp.forward_backward(batch_x, batch_u)
+    for name in ref:
+        assert got[name].item() == pytest.approx(ref[name].item(), rel=1e-4, abs=1e-5), name
+    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"], dict(counters["graph_break"])

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torchvision
 
-from conftest import CHANCE_ACC_S, LEARNABLE_OPTS, ROOT, SYNTH_OPTS, SYNTH_SOURCES, SYNTH_TARGET, make_method_cfg
+from conftest import (CHANCE_ACC_S, LEARNABLE_OPTS, ROOT, SYNTH_OPTS, SYNTH_SOURCES, SYNTH_TARGET,
+                      check_fast_path_and_compiled_step, make_method_cfg)
 from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list
 from engine.modeling.resnet import ResNetTrunk
 from engine.trainer import build_trainer
@@ -259,20 +260,4 @@ def test_end_to_end_the_tiny_config_learns(learnable_root, tmp_path):
 
 
 def test_fast_path_and_compiled_step_equal_the_eager_step(synthetic_root, tmp_path, compile_with):
-    """The original's transforms run on the decoded-image cache; under MODEL.COMPILE the stem and the fusion
-    head compile without a graph break and the step gives the eager step's losses."""
-    from engine.data.fast import FastPathSettings
-
-    FastPathSettings.from_cfg(make_method_cfg(synthetic_root, str(tmp_path / "paper"), "DUML", variant="resnet34"))
-    counters = compile_with("aot_eager")
-    opts = ["DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", str(tmp_path / "cache"), "TRAIN.PRECISION",
-            "fp32", "OPTIM.MAX_EPOCH", "1"]
-    eager = build_trainer(make_method_cfg(synthetic_root, str(tmp_path / "eager"), "DUML", *opts))
-    comp = build_trainer(make_method_cfg(synthetic_root, str(tmp_path / "comp"), "DUML", *opts, "MODEL.COMPILE", "True"))
-    comp.model.load_state_dict(eager.model.state_dict())
-    batch_x, batch_u = next(iter(eager.train_loader_x)), next(iter(eager.train_loader_u))
-    eager.set_model_mode("train"), comp.set_model_mode("train")
-    ref, got = eager.forward_backward(batch_x, batch_u), comp.forward_backward(batch_x, batch_u)
-    for name in ref:
-        assert got[name].item() == pytest.approx(ref[name].item(), rel=1e-4, abs=1e-5), name
-    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"], dict(counters["graph_break"])
+    check_fast_path_and_compiled_step(synthetic_root, tmp_path, "DUML", "resnet34", compile_with)

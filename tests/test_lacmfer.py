@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import CHANCE_ACC_S, LEARNABLE_OPTS, make_cfg, make_method_cfg
+from conftest import CHANCE_ACC_S, LEARNABLE_OPTS, check_fast_path_and_compiled_step, make_cfg, make_method_cfg
 from engine.modeling.mmd import mk_mmd
 from engine.trainer import build_trainer
 from engine.utils.logger import setup_logger
@@ -120,22 +120,5 @@ def test_the_tiny_config_learns_end_to_end(learnable_root, tmp_path, trainer):
     assert results["metrics"]["acc_s"] > CHANCE_ACC_S + 8
 
 
-def test_fast_path_and_compiled_step_equal_the_eager_pil_step(synthetic_root, tmp_path, compile_with):
-    """The released settings' transforms all run on the decoded-image cache, and under MODEL.COMPILE the
-    network and the losses compile without a graph break and give the eager step's losses."""
-    from engine.data.fast import FastPathSettings
-
-    FastPathSettings.from_cfg(make_method_cfg(synthetic_root, str(tmp_path / "paper"), "LACMFER", variant="resnet18"))
-    counters = compile_with("aot_eager")
-    opts = ["DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", str(tmp_path / "cache"), "TRAIN.PRECISION",
-            "fp32", "INPUT.TRANSFORMS", "['normalize']", "OPTIM.MAX_EPOCH", "1"]
-    eager = build_trainer(make_method_cfg(synthetic_root, str(tmp_path / "eager"), "LACMFER", *opts))
-    comp = build_trainer(make_method_cfg(synthetic_root, str(tmp_path / "comp"), "LACMFER", *opts,
-                                         "MODEL.COMPILE", "True"))
-    comp.model.load_state_dict(eager.model.state_dict())
-    batch_x, batch_u = next(iter(eager.train_loader_x)), next(iter(eager.train_loader_u))
-    eager.set_model_mode("train"), comp.set_model_mode("train")
-    ref, got = eager.forward_backward(batch_x, batch_u), comp.forward_backward(batch_x, batch_u)
-    for name in ref:
-        assert got[name].item() == pytest.approx(ref[name].item(), rel=1e-4, abs=1e-5), name
-    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"], dict(counters["graph_break"])
+def test_fast_path_and_compiled_step_equal_the_eager_step(synthetic_root, tmp_path, compile_with):
+    check_fast_path_and_compiled_step(synthetic_root, tmp_path, "LACMFER", "resnet18", compile_with)

@@ -125,20 +125,19 @@ def load_trunk_weights(trunk: ResNetTrunk, path: str) -> None:
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
              if k in state and state[k].shape != v.shape]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing ({', '.join(missing[:N_QUOTED])}{', ...' if len(missing) > N_QUOTED else ''})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:N_QUOTED])}"
-                        f"{', ...' if len(unexpected) > N_QUOTED else ''})")
-    if wrong:
-        problems.append(f"{len(wrong)} of another shape ({', '.join(wrong[:N_QUOTED])}{', ...' if len(wrong) > N_QUOTED else ''})")
+    problems = [f"{len(keys)} {what} ({_first(keys)})" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if keys]
     if problems:
         raise UserError(f"backbone weights {path} do not fit {trunk.arch} at width {trunk.conv1.out_channels}: "
                         f"{'; '.join(problems)} keys")
     trunk.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     logger.info("Loaded %s weights from %s (%d tensors; %d of the layers cut away left out)", trunk.arch, path,
                 len(own) - len([k for k in own if k not in state]), len(left_out))
+
+
+def _first(keys: list[str]) -> str:
+    """The first :data:`N_QUOTED` of ``keys``, with ``...`` when there are more."""
+    return ", ".join(keys[:N_QUOTED]) + (", ..." if len(keys) > N_QUOTED else "")
 
 
 def build_resnet_trunk(cfg, upto: str = "layer4") -> ResNetTrunk:

@@ -121,26 +121,38 @@ def resized_crop_params(u_area: torch.Tensor, u_ratio: torch.Tensor, u_top: torc
                         ratio: tuple[float, float] = RRC_RATIO) -> tuple[torch.Tensor, ...]:
     """``(top, left, h, w)`` of :func:`sample_resized_crop_params` from its uniform draws (a pure
     function of them, so that it can be compiled; the draws stay outside, see :class:`DeviceAugment`)."""
-    area = float(height * width)
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    # float64: torchvision computes these in Python floats, and rounding to whole pixels is sensitive
-    target = area * (scale[0] + (scale[1] - scale[0]) * u_area.double())
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_ratio.double())
-    # torch.round, like Python's round, rounds halves to even
-    w = torch.round(torch.sqrt(target * aspect)).long()
-    h = torch.round(torch.sqrt(target / aspect)).long()
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = valid.int().argmax(dim=1, keepdim=True)  # index of the first valid attempt (0 if none)
-    found = valid.any(dim=1)
+    w, h = _attempt_sides(u_area, u_ratio, height * width, scale, ratio)
+    found, (h, w) = _first_fit((w > 0) & (w <= width) & (h > 0) & (h <= height), h, w)
     fb_top, fb_left, fb_h, fb_w = _center_crop_fallback(height, width, ratio)
-    h = torch.where(found, h.gather(1, first).squeeze(1), fb_h)
-    w = torch.where(found, w.gather(1, first).squeeze(1), fb_w)
-    # uniform integer offsets in [0, height - h]; the clamp guards float rounding at u -> 1
-    top = torch.minimum((u_top.double() * (height - h + 1)).long(), height - h)
-    left = torch.minimum((u_left.double() * (width - w + 1)).long(), width - w)
-    top = torch.where(found, top, fb_top)
-    left = torch.where(found, left, fb_left)
+    h, w = torch.where(found, h, fb_h), torch.where(found, w, fb_w)
+    top = torch.where(found, _uniform_offset(u_top, height, h), fb_top)
+    left = torch.where(found, _uniform_offset(u_left, width, w), fb_left)
     return top, left, h, w
+
+
+def _attempt_sides(u_area: torch.Tensor, u_ratio: torch.Tensor, area: int, scale: tuple[float, float],
+                   ratio: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each attempt's ``round(sqrt(t r))`` and ``round(sqrt(t / r))`` for an area ``t`` uniform in ``scale``
+    times ``area`` and an aspect ``r`` log-uniform in ``ratio``, from the uniform draws (torchvision's
+    RandomResizedCrop and RandomErasing). In float64: torchvision computes these in Python floats, and the
+    rounding to whole pixels is sensitive; torch.round, like Python's round, rounds halves to even."""
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    target = float(area) * (scale[0] + (scale[1] - scale[0]) * u_area.double())
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_ratio.double())
+    return torch.round(torch.sqrt(target * aspect)).long(), torch.round(torch.sqrt(target / aspect)).long()
+
+
+def _first_fit(valid: torch.Tensor, *sides: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(found, [side of the first valid attempt...])`` per image, over ``(B, attempts)`` tensors; where no
+    attempt is valid, ``found`` is False and the sides are the first attempt's."""
+    first = valid.int().argmax(dim=1, keepdim=True)  # index of the first valid attempt (0 if none)
+    return valid.any(dim=1), [side.gather(1, first).squeeze(1) for side in sides]
+
+
+def _uniform_offset(u: torch.Tensor, size: int, extent: torch.Tensor) -> torch.Tensor:
+    """An integer uniform in ``[0, size - extent]`` from a uniform draw (``torch.randint(0, size - extent + 1)``);
+    the clamp guards float rounding at ``u -> 1``."""
+    return torch.minimum((u.double() * (size - extent + 1)).long(), size - extent)
 
 
 def _center_crop_fallback(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
@@ -356,21 +368,11 @@ def erasing_params(u_area: torch.Tensor, u_ratio: torch.Tensor, u_top: torch.Ten
     ``(B,)`` int64 tensors and a bool one; ``found`` is False where no attempt fits (torchvision then
     leaves the image as it is). All ten attempts are computed and the first that fits is kept, the
     distribution of torchvision's loop that stops there."""
-    area = float(height * width)
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    target = area * (scale[0] + (scale[1] - scale[0]) * u_area.double())
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u_ratio.double())
     # torchvision: h from area * aspect, w from area / aspect (RandomResizedCrop has them the other way round)
-    h = torch.round(torch.sqrt(target * aspect)).long()
-    w = torch.round(torch.sqrt(target / aspect)).long()
-    valid = (h < height) & (w < width)
-    first = valid.int().argmax(dim=1, keepdim=True)
-    found = valid.any(dim=1)
-    h = torch.where(found, h.gather(1, first).squeeze(1), 0)
-    w = torch.where(found, w.gather(1, first).squeeze(1), 0)
-    top = torch.minimum((u_top.double() * (height - h + 1)).long(), height - h)
-    left = torch.minimum((u_left.double() * (width - w + 1)).long(), width - w)
-    return top, left, h, w, found
+    h, w = _attempt_sides(u_area, u_ratio, height * width, scale, ratio)
+    found, (h, w) = _first_fit((h < height) & (w < width), h, w)
+    h, w = torch.where(found, h, 0), torch.where(found, w, 0)
+    return _uniform_offset(u_top, height, h), _uniform_offset(u_left, width, w), h, w, found
 
 
 def erase(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
