@@ -8,8 +8,13 @@ The metric functions are pure numpy (plus sklearn for AUROC/AUPR) and work on pe
 * ``labels`` -- (N,) int, seen-class index 0..K-1 for seen samples; ignored
   for unseen samples.
 * ``unseen`` -- (N,) bool, True for samples of the unseen class(es).
+* ``knownness`` -- optional (N,) float, a method's own score of how likely a sample belongs to a seen
+  class (NENO's nearest-neighbour similarity, OS-FER's negated detector loss); it replaces ``conf``
+  wherever a metric ranks or thresholds samples (AUROC, AUPR, FPR@95, the DAML grid, OSCR), while
+  ``pred`` stays ``probs.argmax(1)``. Without it, ``conf`` is the maximum softmax probability (MSP).
 
-The unseen score is ``1 - conf`` and unseen samples are the *positive* class
+The unseen score is ``1 - conf`` (any decreasing function of ``conf`` gives the same rank-based
+metrics, so a knownness on any scale works) and unseen samples are the *positive* class
 for AUROC, AUPR and FPR@TPR. Functions return fractions in [0, 1];
 :func:`open_set_metrics` converts everything to percent.
 
@@ -353,13 +358,14 @@ def oscr(conf: np.ndarray, pred: np.ndarray, labels: np.ndarray, unseen: np.ndar
 @dataclass
 class OpenSetOutputs:
     """One evaluation's per-sample outputs (see the module docstring for the arrays), with what the
-    metrics derive from them computed once: ``conf``, ``pred``, the unseen ``score`` (``1 - conf``),
-    the DAML threshold grid and the per-class recalls."""
+    metrics derive from them computed once: ``conf`` (the knownness when given, else MSP), ``pred``,
+    the unseen ``score`` (``1 - conf``), the DAML threshold grid and the per-class recalls."""
 
     probs: np.ndarray
     labels: np.ndarray
     unseen: np.ndarray
     num_thresholds: int = 10
+    knownness: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         probs = np.asarray(self.probs, dtype=np.float64)
@@ -373,6 +379,8 @@ class OpenSetOutputs:
         self.probs = probs
         self.unseen = _as_mask(self.unseen, n)
         self.labels = _as_1d("labels", self.labels, n)
+        if self.knownness is not None:
+            self.knownness = _as_scores("knownness", self.knownness, n)
 
     @property
     def num_classes(self) -> int:
@@ -380,7 +388,8 @@ class OpenSetOutputs:
 
     @cached_property
     def conf(self) -> np.ndarray:
-        return self.probs.max(1)
+        """How likely each sample is seen: the method's knownness, or MSP without one."""
+        return self.probs.max(1) if self.knownness is None else self.knownness
 
     @cached_property
     def pred(self) -> np.ndarray:
@@ -418,7 +427,8 @@ def register_metric(name: str, description: str) -> Callable[[MetricFn], MetricF
     return add
 
 
-@register_metric("auc_u", "AUROC of unseen-vs-seen detection with score 1 - max prob (%), higher is better")
+@register_metric("auc_u", "AUROC of unseen-vs-seen detection with the unseen score (1 - max prob, or the "
+                         "method's own; %), higher is better")
 def _auc_u(o: OpenSetOutputs) -> float:
     return auroc_unseen(o.unseen, o.score)
 
@@ -474,7 +484,8 @@ def _oscr(o: OpenSetOutputs) -> float:
 
 
 def open_set_metrics(
-    probs: np.ndarray, labels: np.ndarray, unseen: np.ndarray, num_thresholds: int = 10
+    probs: np.ndarray, labels: np.ndarray, unseen: np.ndarray, num_thresholds: int = 10,
+    knownness: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All registered open-set metrics of one run, in percent.
 
@@ -484,6 +495,8 @@ def open_set_metrics(
     labels : (N,) int array; seen-class index for seen samples.
     unseen : (N,) bool array, True = unseen.
     num_thresholds : int, DAML grid size.
+    knownness : optional (N,) float array, the method's own score (higher = more likely seen); MSP
+        without it.
 
     Returns
     -------
@@ -492,7 +505,7 @@ def open_set_metrics(
         acc_s_at_best, unseen_recall_at_best, fpr95, aupr_u, oscr``), then ``acc_class_<k>`` for k in
         0..K-1 (see :data:`METRIC_DESCRIPTIONS`); values are plain floats x100, NaN where undefined.
     """
-    outputs = OpenSetOutputs(probs, labels, unseen, num_thresholds)
+    outputs = OpenSetOutputs(probs, labels, unseen, num_thresholds, knownness)
     out = {name: fn(outputs) for name, fn in _REGISTERED.items()}
     out.update({f"acc_class_{c}": outputs.per_class[c] for c in range(outputs.num_classes)})
     return {key: float(val) * 100.0 for key, val in out.items()}

@@ -12,7 +12,7 @@ import numpy as np
 from tabulate import tabulate
 
 from engine.data.datasets import SplitInfo
-from engine.evaluation import METRIC_DESCRIPTIONS
+from engine.evaluation import METRIC_DESCRIPTIONS, MSP
 from engine.utils.errors import UserError
 from engine.utils.tools import mkdir_if_missing, write_json
 
@@ -20,8 +20,9 @@ logger = logging.getLogger(__name__)
 
 
 def results_record(cfg, split: SplitInfo, metrics: dict[str, float], epochs_trained: int,
-                   num_test_images: int) -> dict[str, Any]:
-    """The content of ``results.json`` (metrics in percent)."""
+                   num_test_images: int, unseen_score: str = MSP) -> dict[str, Any]:
+    """The content of ``results.json`` (metrics in percent; ``unseen_score`` names the score the open-set
+    metrics ranked: ``"msp"`` or the method's own)."""
     return {
         "trainer": cfg.TRAINER.NAME,
         "source_domains": list(split.source_domains),
@@ -32,6 +33,7 @@ def results_record(cfg, split: SplitInfo, metrics: dict[str, float], epochs_trai
         "dataset": cfg.DATASET.NAME,
         "epochs_trained": epochs_trained,
         "num_test_images": num_test_images,
+        "unseen_score": unseen_score,
         "metrics": dict(metrics),
     }
 
@@ -48,10 +50,10 @@ def results_table(metrics: dict[str, float]) -> str:
 
 
 def report_results(output_dir: str, record: dict[str, Any],
-                   predictions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                   predictions: tuple[np.ndarray, ...] | None = None,
                    classnames: Sequence[str] = ()) -> str:
     """Log the results table, write ``results.json`` (and ``predictions.npz`` when ``predictions``, the
-    evaluator's ``(probs, labels, unseen)``, are given); returns the path of ``results.json``."""
+    evaluator's ``(probs, labels, unseen[, knownness])``, are given); returns the path of ``results.json``."""
     metrics = record["metrics"]
     logger.info("Results (%s -> %s, unseen: %s)\n%s", ", ".join(record["source_domains"]),
                 record["target_domain"] or "", ", ".join(record["unseen_classes"]) or "none", results_table(metrics))
@@ -62,9 +64,10 @@ def report_results(output_dir: str, record: dict[str, Any],
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     if predictions is not None:
-        probs, labels, unseen = predictions
+        probs, labels, unseen = predictions[:3]
+        extra = {"knownness": predictions[3]} if len(predictions) > 3 else {}
         np.savez(osp.join(output_dir, "predictions.npz"), probs=probs, labels=labels, unseen=unseen,
-                 classnames=np.array(list(classnames)))
+                 classnames=np.array(list(classnames)), **extra)
     logger.info("* auc_u: %.2f", metrics.get("auc_u", float("nan")))
     logger.info("* acc_s: %.2f", metrics.get("acc_s", float("nan")))
     logger.info("* results: %s", path)

@@ -12,7 +12,10 @@ from the dataset's :meth:`~engine.data.datasets.DatasetBase.split_info`.
 Conventions of this project, on top of Dassl's:
 
 - ``model_inference(images)`` returns seen-class *probabilities* (rows sum to one); the open-set
-  evaluator derives predictions and the unseen score ``1 - max`` from them.
+  evaluator derives predictions and the unseen score ``1 - max`` from them. A method that decides
+  "unseen" with its own score returns an :class:`~engine.evaluation.OpenSetPrediction` (probabilities and
+  a per-sample knownness) and names its score in the class attribute ``UNSEEN_SCORE``; ``results.json``
+  records the score a run used (``"unseen_score"``: that name, or ``"msp"``).
 - Loss values returned by ``forward_backward`` may be tensors: they are summed on the device and
   read back (one synchronisation) only every ``TRAIN.PRINT_FREQ`` steps, when they are logged to
   the console, ``log.txt``, tensorboard and ``metrics.jsonl``.
@@ -35,7 +38,7 @@ from typing import Any
 import torch
 
 from engine.data import DataManager
-from engine.evaluation import build_evaluator
+from engine.evaluation import MSP, build_evaluator, split_prediction
 from engine.optim.lr_scheduler import LR_UPDATES
 from engine.registry import Registry
 from engine.trainer.base import TrainerBase
@@ -53,6 +56,10 @@ logger = logging.getLogger(__name__)
 
 class SimpleTrainer(TrainerBase):
     """A trainer with one config, one data manager, one evaluator (Dassl's ``SimpleTrainer``)."""
+
+    # The name of the method's own unseen score, for a trainer whose model_inference returns an
+    # OpenSetPrediction (e.g. "nn_similarity"); the MSP otherwise.
+    UNSEEN_SCORE: str = MSP
 
     def __init__(self, cfg) -> None:
         super().__init__()
@@ -220,8 +227,11 @@ class SimpleTrainer(TrainerBase):
         logger.info("Evaluate on the *%s* set", split)
         for batch in self.progress(data_loader, desc=f"eval {split}"):
             input, label = self.parse_batch_test(batch)
-            output = self.model_inference(input)
-            self.evaluator.process(output.float(), label)
+            probs, knownness = split_prediction(self.model_inference(input))
+            if (knownness is None) != (self.UNSEEN_SCORE == MSP):
+                raise RuntimeError(f"{type(self).__name__}.UNSEEN_SCORE is '{self.UNSEEN_SCORE}' but its model_inference "
+                                   f"returned {'no' if knownness is None else 'a'} knownness")
+            self.evaluator.process(probs.float(), label, knownness=knownness)
         results = self.evaluator.evaluate()
         self.write_scalars({f"{split}/{k}": v for k, v in results.items()}, self.epoch, epoch=self.epoch + 1)
         if split == "test":
@@ -239,7 +249,8 @@ class SimpleTrainer(TrainerBase):
     def report_results(self, metrics: dict[str, float]) -> None:
         """Print the results table and write ``results.json`` (and ``predictions.npz``); see
         :mod:`engine.trainer.results`."""
-        record = results_record(self.cfg, self.split_info, metrics, self.epochs_done, len(self.test_loader.dataset))
+        record = results_record(self.cfg, self.split_info, metrics, self.epochs_done, len(self.test_loader.dataset),
+                                self.UNSEEN_SCORE)
         predictions = self.evaluator.arrays if self.cfg.TEST.SAVE_PREDICTIONS else None
         report_results(self.output_dir, record, predictions, self.split_info.seen_classes)
 
