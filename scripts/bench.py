@@ -27,11 +27,16 @@ the step the GPU is busy (below 100%: the host's launches set the pace), and the
 per step by kind of kernel (matrix products, attention, Triton kernels of compiled graphs, other ATen
 kernels...). The last line is exactly ``speedup <fast / dassl>``. ``--backbone ViT-B/32`` uses the
 released architecture with random weights (``random:ViT-B/32``): throughput does not depend on the weights.
+``--json FILE`` also writes the figures for other tools (``scripts/protocol.py --estimate --bench FILE``):
+``images_per_s`` and ``ms_per_step`` (median per pipeline), ``backbone``, ``batch``, ``image_size``,
+``device``, ``torch``, ``date``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import json
 import os
 import re
 import shutil
@@ -234,6 +239,20 @@ class optional_row(contextlib.AbstractContextManager):
         return self.ok
 
 
+def write_figures(path: str, args: argparse.Namespace, device: str, images_per_s: dict[str, float],
+                  ms_per_step: dict[str, float]) -> None:
+    """The measured figures as JSON, for tools that size a workload from them (protocol.py --estimate)."""
+    figures = {"images_per_s": {k: round(v, 1) for k, v in images_per_s.items()},
+               "ms_per_step": {k: round(v, 2) for k, v in ms_per_step.items()},
+               "backbone": args.backbone, "batch": args.batch, "image_size": args.image_size, "device": device,
+               "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+               "images": "source + target images through the encoder per second (PromptEmo training step)"}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=1)
+        f.write("\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -256,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time the fast path with the patch embedding as one matrix product (MODEL.PATCH_EMBED_MATMUL)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="GPUs: also time the last fast row with MODEL.COMPILE_MODE reduce-overhead (CUDA graphs)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="also write the figures to FILE (read by scripts/protocol.py --estimate --bench FILE)")
     args = p.parse_args(argv)
 
     setup_logger(None, console=False)
@@ -302,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"PromptEmo training step, backbone {args.backbone}, batch {args.batch} source + {args.batch} target, "
           f"{args.image_size}px JPEGs, {device}, torch {torch.__version__}, median of {args.repeats} round(s)")
     print(tabulate(rows, headers=["pipeline", "images/s", "ms/step", "range images/s"], tablefmt="github"))
+    if args.json:
+        write_figures(args.json, args, device, median, {name: statistics.median(v) for name, v in step_ms.items()})
     if "fast+matmul" in median:
         print(f"patch embedding as matmul / convolution (fast path): {median['fast+matmul'] / median['fast']:.2f}")
     print(f"speedup {median['fast'] / median['dassl']:.2f}")

@@ -3,12 +3,20 @@
     python scripts/protocol.py                       # all 4 targets x 7 classes x 3 seeds x 7 methods
     python scripts/protocol.py --dry-run > jobs.txt  # one command per line, for your own scheduler
     python scripts/protocol.py --methods PromptEmo --targets rafdb --unseen fear -- OPTIM.MAX_EPOCH 30
+    python scripts/protocol.py --estimate --throughput 9000       # runs left, images, GPU-hours
+    python scripts/protocol.py --gpus all                        # one run per GPU of this machine
+    python scripts/protocol.py --launcher slurm --partition gpu --time 2:00 --wait   # a Slurm cluster
 
 Each run goes to ``OUT/<target>/<unseen>/<method>/seed<k>``; the sources are the other domains of
 ``--domains``; runs whose ``results.json`` exists are skipped (so an interrupted protocol continues where
 it stopped, and a run killed mid-way resumes from its own checkpoint). Arguments after ``--`` are passed
 to every train.py call as trailing ``KEY VALUE`` pairs. ``scripts/promptemo.sh`` and
 ``scripts/baselines.sh`` are this runner restricted to one cell.
+
+Where the runs go: by default one after another in this console. ``--gpus 0,1,2,3`` (or ``all``) keeps one
+run per GPU going and ``--jobs N`` N runs on CPUs (package ``launch.pool``: a console log per run, a
+progress line); ``--launcher slurm`` submits them to a cluster through submitit (``launch.slurm``);
+``--estimate`` prints what they will cost (``launch.estimate``).
 
 Configs: ``configs/trainers/<method>/<variant>.yaml``. The default variant, ``paper``, is each method's
 config with the original's settings: the one file of its folder not named ``tiny*`` (it is named after the
@@ -22,9 +30,12 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import Iterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the launch package of this checkout, installed or not
+from engine.utils.errors import run_command  # noqa: E402
+from launch.runs import Run  # noqa: E402
+
 DOMAINS = ("rafdb", "ferplus", "affectnet", "oulu")
 CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
 METHODS = ("PromptEmo", "Baseline", "CoOp", "ZSCLIP", "DUML", "LACMFER", "LACMFERCLIP")
@@ -67,8 +78,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="explicit trainer config (only with a single method)")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--dry-run", action="store_true", help="print the commands of unfinished runs, run nothing")
-    p.add_argument("--keep-going", action="store_true", help="continue after a failed run (default: stop)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="one after another: continue after a failed run (default: stop)")
     p.add_argument("opts", nargs="*", help="after --: KEY VALUE pairs for every run")
+    many = p.add_argument_group("several runs at once on this machine (console output to <run>/console.log)")
+    many.add_argument("--gpus", default=None, metavar="IDS",
+                      help="GPU ids (0,1,2,3; as CUDA_VISIBLE_DEVICES takes them) or 'all': one run per GPU")
+    many.add_argument("--jobs", type=int, default=None, metavar="N", help="N runs at once (CPU machines)")
+    many.add_argument("--gpus-per-run", type=int, default=None, metavar="K",
+                      help="K GPUs per run, through torchrun --nproc_per_node K (default 1)")
+    many.add_argument("--fail-fast", action="store_true", help="stop every run at the first failure")
+    cluster = p.add_argument_group("a Slurm cluster, through submitit (pip install -e .[slurm])")
+    cluster.add_argument("--launcher", choices=("local", "slurm", "submitit-local"), default="local",
+                         help="local: this machine (default); slurm: one job per run; submitit-local: "
+                              "submitit's local executor (the cluster launcher without a cluster)")
+    cluster.add_argument("--partition", default=None, help="Slurm partition")
+    cluster.add_argument("--time", default=None, metavar="H:MM", help="time limit of one run (required)")
+    cluster.add_argument("--cpus-per-run", type=int, default=None, help="CPUs of one run's job")
+    cluster.add_argument("--mem-gb", type=float, default=None, help="memory of one run's job")
+    cluster.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="any other sbatch option (account=abc, qos=normal, constraint=h100); repeatable")
+    cluster.add_argument("--array", action="store_true", help="submit one job array instead of one job per run")
+    cluster.add_argument("--array-parallelism", type=int, default=None, metavar="N",
+                         help="at most N array tasks at once")
+    cluster.add_argument("--wait", action="store_true",
+                         help="wait for the jobs and report (default: submit and exit; re-run to collect)")
+    cluster.add_argument("--poll", type=float, default=60.0, metavar="S", help="seconds between checks with --wait")
+    cluster.add_argument("--max-attempts", type=int, default=3,
+                         help="submissions of a run before a failure is final (default 3)")
+    cost = p.add_argument_group("the cost before anything runs")
+    cost.add_argument("--estimate", action="store_true",
+                      help="print runs left, images per run and GPU-hours per method, run nothing")
+    cost.add_argument("--throughput", action="append", default=[], metavar="[METHOD=]IMAGES_PER_S",
+                      help="training images/s per GPU, for all methods or one; repeatable")
+    cost.add_argument("--bench", default=None, metavar="FILE",
+                      help="throughput from scripts/bench.py --json FILE (fast or dassl figure per run)")
     return p
 
 
@@ -87,11 +131,40 @@ def check(args: argparse.Namespace) -> str | None:
             return str(e)
         if not os.path.isfile(config):
             return f"no config for {method}: {config} does not exist"
+    return check_launch(args)
+
+
+def check_launch(args: argparse.Namespace) -> str | None:
+    """Mistakes in how the runs are to be launched, or None."""
+    cluster = args.launcher != "local"
+    if args.gpus is not None and args.jobs is not None:
+        return "--gpus and --jobs both say how many runs go at once; give one"
+    if args.jobs is not None and args.jobs < 1:
+        return f"--jobs must be at least 1, got {args.jobs}"
+    if args.gpus_per_run is not None and (args.gpus_per_run < (0 if cluster else 1)):
+        return f"--gpus-per-run must be at least {0 if cluster else 1}, got {args.gpus_per_run}"
+    if args.gpus_per_run is not None and not cluster and args.gpus is None:
+        return "--gpus-per-run needs --gpus (the GPUs to share out) or --launcher slurm"
+    if cluster and (args.gpus is not None or args.jobs is not None):
+        return f"--launcher {args.launcher} runs each run as a job; --gpus/--jobs are for --launcher local"
+    cluster_only = {"--partition": args.partition, "--time": args.time, "--cpus-per-run": args.cpus_per_run,
+                    "--mem-gb": args.mem_gb, "--slurm-option": args.slurm_option, "--array": args.array,
+                    "--array-parallelism": args.array_parallelism, "--wait": args.wait}
+    given = [flag for flag, value in cluster_only.items() if value not in (None, False, [])]
+    if given and not cluster:
+        return f"{given[0]} is for --launcher slurm (or submitit-local)"
+    if cluster and not args.time and not (args.dry_run or args.estimate):
+        return f"--launcher {args.launcher} needs --time H:MM, the time limit of one run (see --estimate)"
+    if args.fail_fast and args.keep_going:
+        return "--fail-fast and --keep-going contradict each other"
+    if (args.throughput or args.bench) and not args.estimate:
+        return "--throughput and --bench are for --estimate"
     return None
 
 
-def runs(args: argparse.Namespace) -> Iterator[tuple[str, list[str]]]:
-    """(output dir, command) of every run of the protocol, in target, class, method, seed order."""
+def runs(args: argparse.Namespace) -> list[Run]:
+    """Every run of the protocol, in target, class, method, seed order."""
+    found = []
     for target in args.targets or args.domains:
         sources = [d for d in args.domains if d != target]
         for unseen in args.unseen:
@@ -103,7 +176,52 @@ def runs(args: argparse.Namespace) -> Iterator[tuple[str, list[str]]]:
                            "--config-file", config, "--trainer", method, "--source-domains", *sources,
                            "--target-domains", target, "--seed", str(seed), "--output-dir", out,
                            "DATASET.UNSEEN_CLASSES", unseen, *args.opts]
-                    yield out, cmd
+                    found.append(Run(out, tuple(cmd), method))
+    return found
+
+
+def one_after_another(todo: list[Run], keep_going: bool) -> int:
+    """Each run in this console, in turn (the default launcher)."""
+    failed = 0
+    for run in todo:
+        print(f"run  {run.out}", flush=True)
+        code = subprocess.call(run.command)
+        if code:
+            failed += 1
+            if not keep_going:
+                return code
+    if failed:
+        print(f"{failed} run(s) failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def start_runs(args: argparse.Namespace, todo: list[Run], done_before: int) -> int:
+    """Run ``todo`` (the unfinished runs) where ``args`` say."""
+    if args.estimate:
+        from launch.estimate import estimate_table, parse_throughputs
+        slots = None
+        if args.gpus is not None:
+            from launch.pool import gpu_slots
+            slots = len(gpu_slots(args.gpus, args.gpus_per_run or 1)) * (args.gpus_per_run or 1)
+        print(estimate_table(todo, parse_throughputs(args.throughput), args.bench, parallel_gpus=slots))
+        return 0
+    if args.launcher != "local":
+        from launch.slurm import ClusterSettings, parse_options, parse_time, run_on_cluster
+        slurm = args.launcher == "slurm"
+        settings = ClusterSettings(
+            cluster="slurm" if slurm else "local", time_min=parse_time(args.time),
+            gpus_per_run=args.gpus_per_run if args.gpus_per_run is not None else (1 if slurm else 0),
+            cpus_per_run=args.cpus_per_run, mem_gb=args.mem_gb, partition=args.partition,
+            options=parse_options(args.slurm_option), array=args.array, array_parallelism=args.array_parallelism,
+            wait=args.wait, poll_s=args.poll, max_attempts=args.max_attempts)
+        return run_on_cluster(todo, args.out, settings, done_before=done_before)
+    if args.gpus is None and args.jobs is None:
+        return one_after_another(todo, args.keep_going)
+    from launch.pool import gpu_slots, run_pool
+    per_run = args.gpus_per_run or 1
+    slots = gpu_slots(args.gpus, per_run) if args.gpus is not None else [None] * args.jobs
+    return run_pool(todo, slots, per_run=per_run, fail_fast=args.fail_fast, done_before=done_before)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,25 +230,26 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    failed = 0
-    for out, cmd in runs(args):
-        if os.path.isfile(os.path.join(out, "results.json")):
-            if not args.dry_run:
-                print(f"skip {out} (results.json exists)", flush=True)
+    todo = []
+    all_runs = runs(args)
+    for run in all_runs:
+        if run.finished:
+            if not (args.dry_run or args.estimate):
+                print(f"skip {run.out} (results.json exists)", flush=True)
             continue
         if args.dry_run:
-            print(shlex.join(cmd))
+            print(shlex.join(run.command))
             continue
-        print(f"run  {out}", flush=True)
-        code = subprocess.call(cmd)
-        if code:
-            failed += 1
-            if not args.keep_going:
-                return code
-    if failed:
-        print(f"{failed} run(s) failed", file=sys.stderr)
-        return 1
-    return 0
+        todo.append(run)
+    if args.dry_run:
+        return 0
+    status = 0
+
+    def body() -> None:
+        nonlocal status
+        status = start_runs(args, todo, done_before=len(all_runs) - len(todo))
+
+    return run_command(body) or status
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 variant) run the real PromptEmo step, in two rounds, and the output ends with the line other tools parse."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,9 +17,10 @@ bench = load_script("bench")
 
 
 def test_bench_times_every_pipeline_and_ends_with_the_speedup_line(tmp_path, capsys):
+    figures = tmp_path / "figures" / "bench.json"
     assert bench.main(["--backbone", "tiny", "--batch", "8", "--steps", "2", "--warmup", "1", "--workers", "0",
                        "--per-class", "3", "--image-size", "40", "--work-dir", str(tmp_path),
-                       "--compare-patch-embed", "--repeats", "2"]) == 0
+                       "--compare-patch-embed", "--repeats", "2", "--json", str(figures)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     rates = {}
     for line in lines:
@@ -33,6 +35,12 @@ def test_bench_times_every_pipeline_and_ends_with_the_speedup_line(tmp_path, cap
     low = (rates["fast"] - 0.5) / (rates["dassl"] + 0.5)
     high = (rates["fast"] + 0.5) / max(rates["dassl"] - 0.5, 1e-9)
     assert low - 0.005 <= float(lines[-1].split()[1]) <= high + 0.005
+    # the same medians for other tools (protocol.py --estimate --bench), with what was measured
+    written = json.loads(figures.read_text())
+    assert set(written["images_per_s"]) == set(rates)
+    assert all(written["images_per_s"][k] == pytest.approx(rates[k], abs=0.55) for k in rates)  # table: integers
+    assert (written["backbone"], written["batch"], written["image_size"]) == ("tiny", 8, 40)
+    assert set(written["ms_per_step"]) == set(rates) and written["device"].startswith(("CPU", "NVIDIA"))
 
 
 def test_a_failing_optional_pipeline_is_reported_and_the_others_still_timed(tmp_path, capsys, monkeypatch):
