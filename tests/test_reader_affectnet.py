@@ -192,5 +192,5 @@ def test_training_cap_is_seeded_saved_and_leaves_test_alone(tmp_path):
     assert again.train == capped.train and other_seed.train != capped.train
     uncapped = read_domain(str(tmp_path), "affectnet", "DATASET.AFFECTNET.TRAIN_CAP_PER_CLASS", "5")
     assert len(uncapped.train) == 21  # fewer than the cap: all kept
-    with pytest.raises(UserError, match="TRAIN_CAP_PER_CLASS is -1; expected 0"):
+    with pytest.raises(UserError, match=r"DATASET.AFFECTNET.TRAIN_CAP_PER_CLASS must be an integer >= 0, got -1"):
         read_domain(str(tmp_path), "affectnet", "DATASET.AFFECTNET.TRAIN_CAP_PER_CLASS", "-1")

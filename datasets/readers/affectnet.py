@@ -46,6 +46,7 @@ from datasets.classes import CANONICAL_CLASSES
 from datasets.readers._common import (check_header, check_splits, checked_choice, line_error, log_dropped,
                                       parse_int, require_domain_dir, require_file, require_subdir, sorted_frames)
 from datasets.readers.base import DOMAIN_REGISTRY, DomainReader, DomainSplits, Item
+from engine.config import Bounds
 from engine.utils.errors import UserError
 from engine.utils.tools import atomic_write_bytes
 
@@ -207,13 +208,11 @@ class AffectNet(DomainReader):
         # Seed of the capped draw
         "CAP_SEED": 0,
     }
+    config_ranges = {"TRAIN_CAP_PER_CLASS": Bounds(low=0, integer=True)}  # 0: no cap
 
     def read(self) -> DomainSplits:
         opts = self.cfg.DATASET.AFFECTNET
         release = checked_choice(opts.RELEASE, "DATASET.AFFECTNET.RELEASE", RELEASES)
-        if opts.TRAIN_CAP_PER_CLASS < 0:
-            raise UserError(f"DATASET.AFFECTNET.TRAIN_CAP_PER_CLASS is {opts.TRAIN_CAP_PER_CLASS}; "
-                            f"expected 0 (no cap) or more")
         root = require_domain_dir(self, "AffectNet", f"{LISTS_DIR}/ and {IMAGES_DIR}/, or train_set/ and val_set/")
         release = self.detect_release(root) if release == "auto" else release
         dropped: Counter = Counter()

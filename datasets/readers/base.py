@@ -6,7 +6,8 @@ A reader is registered under the domain name users write in ``DATASET.SOURCE_DOM
 
 A domain lives at ``<DATASET.ROOT>/<name>``. A reader that declares :attr:`DomainReader.config_keys` gets
 its own config node ``DATASET.<NAME>`` (upper-cased domain name): those keys and ``DIR``; when ``DIR`` is
-set the domain is read from there instead (``DATASET.RAFDB.DIR /data/RAF-DB``).
+set the domain is read from there instead (``DATASET.RAFDB.DIR /data/RAF-DB``). The ranges of its numeric
+keys (:attr:`DomainReader.config_ranges`) join the engine's table of ranges (:mod:`engine.config.checks`).
 
 General keys every reader of listed files honours: ``DATASET.SKIP_MISSING_IMAGES`` (skip images a
 label file lists but the disk lacks, with a warning, rather than stop) and ``DATASET.VERIFY_IMAGES``
@@ -18,7 +19,7 @@ import os.path as osp
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
-from engine.config import CfgNode, register_config_hook
+from engine.config import Bounds, CfgNode, register_config_hook, register_value_rules
 from engine.registry import Registry
 
 DOMAIN_REGISTRY = Registry("DOMAIN READER")
@@ -36,6 +37,7 @@ def add_reader_config(cfg: CfgNode) -> None:
         if reader.config_keys is not None:
             # DIR: the domain's folder ("" = DATASET.ROOT/<name>)
             cfg.DATASET[name.upper()] = CfgNode({"DIR": "", **reader.config_keys})
+            register_value_rules(reader.option_ranges(name))
 
 
 class Item(NamedTuple):
@@ -60,15 +62,23 @@ class DomainReader:
     """Base class. Subclasses implement :meth:`read`; ``self.domain_dir`` is where the data lives.
 
     ``config_keys``: the reader's own settings with their defaults (``{"IMAGE_VARIANT": "aligned"}``), which
-    become ``DATASET.<NAME>.*`` beside ``DIR``; ``None`` (the default): no node of its own.
+    become ``DATASET.<NAME>.*`` beside ``DIR``; ``None`` (the default): no node of its own. ``config_ranges``:
+    the ranges of the numeric ones, checked with every other key's (``engine.config.check_config_values``).
     """
 
     config_keys: ClassVar[dict[str, Any] | None] = None
+    # The allowed values of numeric config_keys: {"TRAIN_CAP_PER_CLASS": Bounds(low=0, integer=True)}
+    config_ranges: ClassVar[dict[str, Bounds]] = {}
 
     def __init__(self, cfg, name: str, root: str) -> None:
         self.cfg = cfg
         self.name = name
         self.root = root
+
+    @classmethod
+    def option_ranges(cls, name: str) -> dict[str, Bounds]:
+        """``config_ranges`` under their full keys, ``DATASET.<NAME>.<KEY>``."""
+        return {f"DATASET.{name.upper()}.{key}": bounds for key, bounds in cls.config_ranges.items()}
 
     @property
     def options(self) -> CfgNode | None:

@@ -30,6 +30,7 @@ import os.path as osp
 from datasets.classes import CANONICAL_CLASSES, canonical_name
 from datasets.readers._common import check_splits, require_domain_dir, require_subdir, sorted_frames
 from datasets.readers.base import DOMAIN_REGISTRY, DomainReader, DomainSplits, Item
+from engine.config import Bounds
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -89,13 +90,11 @@ class OuluCASIA(DomainReader):
         # Frames at the start of each sequence labelled neutral (0 = no neutral class)
         "N_NEUTRAL_FRAMES": 1,
     }
+    config_ranges = {"N_LAST_FRAMES": Bounds(low=1, integer=True), "N_NEUTRAL_FRAMES": Bounds(low=0, integer=True)}
 
     def read(self) -> DomainSplits:
         opts = self.cfg.DATASET.OULU
         n_last, n_neutral = opts.N_LAST_FRAMES, opts.N_NEUTRAL_FRAMES
-        if n_last < 1 or n_neutral < 0:
-            raise UserError(f"DATASET.OULU.N_LAST_FRAMES must be >= 1 and N_NEUTRAL_FRAMES >= 0; "
-                            f"got {n_last} and {n_neutral}")
         root = require_domain_dir(self, "Oulu-CASIA", f"{opts.SUBSET}/P001..P080/<Expression>/NNN.jpeg")
         subset = require_subdir(osp.join(root, *opts.SUBSET.split("/")), "Oulu-CASIA folder",
                                 f"subject folders P001..P080 with one folder per expression "

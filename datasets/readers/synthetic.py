@@ -5,7 +5,7 @@ from __future__ import annotations
 from datasets import synthetic
 from datasets.readers.base import DOMAIN_REGISTRY, DomainSplits
 from datasets.readers.folder import FolderDomain
-from engine.config import CfgNode, register_config_hook
+from engine.config import Bounds, CfgNode, check_config_values, register_config_hook, register_value_rules
 from engine.utils.errors import UserError
 
 
@@ -19,11 +19,18 @@ def add_synthetic_config(cfg: CfgNode) -> None:
     cfg.DATASET.SYNTHETIC.SEED = 0
 
 
+SYNTHETIC_RANGES = {"DATASET.SYNTHETIC.N_TRAIN_PER_CLASS": Bounds(low=1, integer=True),
+                    "DATASET.SYNTHETIC.N_TEST_PER_CLASS": Bounds(low=1, integer=True),
+                    "DATASET.SYNTHETIC.SIZE": Bounds(low=8, integer=True)}  # the generator's smallest face
+register_value_rules(SYNTHETIC_RANGES)
+
+
 class SyntheticDomain(FolderDomain):
     """One of :data:`datasets.synthetic.DOMAIN_STYLES`, generated on first use."""
 
     def read(self) -> DomainSplits:
         s = self.cfg.DATASET.SYNTHETIC
+        check_config_values(self.cfg, SYNTHETIC_RANGES)
         try:
             synthetic.ensure_domains(self.root, [self.name], n_train_per_class=s.N_TRAIN_PER_CLASS,
                                      n_test_per_class=s.N_TEST_PER_CLASS, size=s.SIZE, seed=s.SEED)

@@ -1,7 +1,7 @@
 """Configuration: Dassl's yacs keys, method hooks, and merging that reports typos clearly.
 
 Merge order (as Dassl/CoOp): defaults -> :func:`extend_cfg` -> dataset yaml -> method yaml ->
-command-line flags -> trailing ``KEY VALUE`` pairs -> freeze.
+command-line flags -> trailing ``KEY VALUE`` pairs -> value checks (:mod:`engine.config.checks`) -> freeze.
 """
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import difflib
 import os
 from typing import Callable, Iterable
 
+import yaml
 from yacs.config import CfgNode
 
+from engine.config.checks import Bounds, check_config_values, register_value_rules
 from engine.config.defaults import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, get_cfg_default
 from engine.utils.errors import UserError
 
 __all__ = [
     "CfgNode", "CLIP_PIXEL_MEAN", "CLIP_PIXEL_STD", "get_cfg_default", "register_config_hook",
-    "extend_cfg", "merge_from_file", "merge_from_list", "all_keys",
+    "extend_cfg", "merge_from_file", "merge_from_list", "all_keys", "Bounds", "check_config_values",
+    "register_value_rules",
 ]
 
 _CONFIG_HOOKS: list[Callable[[CfgNode], None]] = []
@@ -71,15 +74,25 @@ def merge_from_file(cfg: CfgNode, path: str, _seen: tuple[str, ...] = ()) -> Non
     A file may start from another with ``_BASE_: other.yaml`` (a path relative to the file): the base
     is merged first, then the file's own keys. Ablation configs are a few lines on top of the main one.
     """
+    if os.path.isdir(path):
+        raise UserError(f"config file {path} is a folder; expected a YAML file (such as {path.rstrip(os.sep)}/vit_b32.yaml)")
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
     if os.path.abspath(path) in _seen:
         raise UserError(f"config file {path} includes itself through {BASE_KEY}")
     with open(path) as f:
-        try:
-            other = cfg.load_cfg(f)
-        except Exception as e:  # yaml syntax errors carry line numbers; keep them
-            raise UserError(f"cannot parse config file {path}: {' '.join(str(e).split())}") from e
+        text = f.read()
+    try:
+        content = yaml.safe_load(text)
+    except yaml.YAMLError as e:  # syntax errors carry line numbers; keep them
+        raise UserError(f"cannot parse config file {path}: {' '.join(str(e).split())}") from None
+    if content is not None and not isinstance(content, dict):
+        raise UserError(f"config file {path} holds a YAML {type(content).__name__} at the top level; expected "
+                        f"KEY: value lines (a mapping, such as 'OPTIM:' followed by indented '  MAX_EPOCH: 10')")
+    try:
+        other = cfg.load_cfg(text)
+    except Exception as e:  # noqa: BLE001  (yacs reports a bad file in several ways; keep its words)
+        raise UserError(f"cannot parse config file {path}: {' '.join(str(e).split())}") from e
     base = other.pop(BASE_KEY, None)
     if base:
         merge_from_file(cfg, os.path.join(os.path.dirname(path), base), _seen + (os.path.abspath(path),))

@@ -29,6 +29,7 @@ from typing import Sequence
 
 import torch
 
+from engine.config.checks import check_config_values
 from engine.data.fast.augment import DeviceAugment
 from engine.data.transforms import check_interpolation, check_transform_names, check_transform_params
 from engine.utils.distributed import training_device
@@ -74,10 +75,8 @@ class FastPathSettings:
                             f"DATALOADER.CACHE.ENABLED False to use the PIL path, or drop them")
         check_interpolation(cfg.INPUT.INTERPOLATION)
         c = cfg.DATALOADER.CACHE
-        size = int(c.SIZE)
-        if size < 0:
-            raise UserError(f"DATALOADER.CACHE.SIZE must be 0 (= max(INPUT.SIZE)) or a size in pixels, got {size}")
-        size = size or max(cfg.INPUT.SIZE)
+        check_config_values(cfg, ["DATALOADER.CACHE.SIZE", "DATALOADER.CACHE.NUM_WORKERS"])
+        size = int(c.SIZE) or max(cfg.INPUT.SIZE)
         if size < max(cfg.INPUT.SIZE):
             logger.warning("DATALOADER.CACHE.SIZE %d is below INPUT.SIZE %s: cached images will be enlarged",
                            size, tuple(cfg.INPUT.SIZE))
