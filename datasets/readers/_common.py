@@ -1,10 +1,12 @@
-"""Helpers shared by the readers of the official FER releases (RAF-DB, FERPlus, AffectNet, Oulu-CASIA).
+"""Helpers shared by the readers of the official FER releases (RAF-DB, FERPlus, AffectNet, Oulu-CASIA) and
+the folder reader.
 
 Every user mistake becomes a one-line :class:`UserError` that names the file and what was expected;
 a bad line in a label file is reported as ``file:line``. :func:`check_splits` runs the checks every
 reader applies to its lists before returning them: listed images present on disk
 (``DATASET.SKIP_MISSING_IMAGES``), optionally decodable (``DATASET.VERIFY_IMAGES``), and no class
-left empty by the filtering.
+left empty by the filtering. The folder reader applies the first two (:func:`usable_images`): a folder
+domain need not hold every class.
 """
 from __future__ import annotations
 
@@ -119,9 +121,14 @@ class FolderListing:
         self._names: dict[str, frozenset[str]] = {}
 
     def names(self, folder: str) -> frozenset[str]:
-        """Entries of ``folder`` (empty when it does not exist)."""
+        """Entries of ``folder`` (empty when it does not exist), less symbolic links to nothing."""
         if folder not in self._names:
-            self._names[folder] = frozenset(os.listdir(folder)) if osp.isdir(folder) else frozenset()
+            if osp.isdir(folder):
+                with os.scandir(folder) as entries:
+                    self._names[folder] = frozenset(e.name for e in entries
+                                                    if not e.is_symlink() or osp.exists(e.path))
+            else:
+                self._names[folder] = frozenset()
         return self._names[folder]
 
     def exists(self, path: str) -> bool:
@@ -193,10 +200,17 @@ def require_every_class(splits: DomainSplits, domain: str, hint: str,
                                 f"after filtering ({hint})")
 
 
+def usable_images(splits: DomainSplits, cfg, domain: str, listed_in: str) -> DomainSplits:
+    """``splits`` less the images that are missing (``DATASET.SKIP_MISSING_IMAGES``) or, with
+    ``DATASET.VERIFY_IMAGES``, undecodable: the filters every reader applies, the folder reader included."""
+    splits = drop_missing_images(splits, cfg, domain, listed_in)
+    return drop_unreadable_images(splits, cfg, domain)
+
+
 def check_splits(splits: DomainSplits, cfg, domain: str, listed_in: str, hint: str,
                  classes: Iterable[int] = range(len(CANONICAL_CLASSES))) -> DomainSplits:
-    """The checks every reader runs before returning its splits (see module docstring)."""
-    splits = drop_missing_images(splits, cfg, domain, listed_in)
-    splits = drop_unreadable_images(splits, cfg, domain)
+    """The checks every reader of a dataset's label files runs before returning its splits (see module
+    docstring): :func:`usable_images`, then no class left empty."""
+    splits = usable_images(splits, cfg, domain, listed_in)
     require_every_class(splits, domain, hint, classes)
     return splits

@@ -4,7 +4,9 @@
 
 Class folders go through the alias table (``happy`` is happiness...). Folders of expressions outside
 the seven (``contempt``...) are skipped with a warning; any other folder name is an error, so a
-typo never silently drops a class.
+typo never silently drops a class. As every reader, it honours ``DATASET.VERIFY_IMAGES`` (decode every image
+once, up front) and ``DATASET.SKIP_MISSING_IMAGES`` (skip undecodable images, and symbolic links to nothing,
+with a warning instead of stopping).
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import os.path as osp
 import numpy as np
 
 from datasets.classes import CANONICAL_CLASSES, KNOWN_OTHER_EXPRESSIONS, canonical_name
+from datasets.readers._common import usable_images
 from datasets.readers.base import DomainReader, DomainSplits, Item
-from engine.config import CfgNode, register_config_hook
+from engine.config import Bounds, CfgNode, check_config_values, register_config_hook, register_value_rules
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,10 @@ def add_folder_config(cfg: CfgNode) -> None:
     cfg.DATASET.FOLDER = CfgNode()
     cfg.DATASET.FOLDER.TEST_FRACTION = 0.2
     cfg.DATASET.FOLDER.SPLIT_SEED = 0
+
+
+FOLDER_RANGES = {"DATASET.FOLDER.TEST_FRACTION": Bounds(0, 1)}
+register_value_rules(FOLDER_RANGES)
 
 
 def _list_images(folder: str) -> list[str]:
@@ -77,6 +84,7 @@ class FolderDomain(DomainReader):
         d = self.domain_dir
         if not osp.isdir(d):
             raise UserError(f"domain folder not found: {d}")
+        check_config_values(self.cfg, FOLDER_RANGES)
         subdirs = [s for s in SPLIT_DIRS if osp.isdir(osp.join(d, s))]
         layout = f"{d}/{{train,test}}/<class>/*.jpg or {d}/<class>/*.jpg"
         if subdirs:
@@ -88,4 +96,4 @@ class FolderDomain(DomainReader):
             result = DomainSplits(train=train, test=test)
         if not result.train and not result.test:
             raise UserError(f"no images found for domain '{self.name}'; expected {layout}")
-        return result
+        return usable_images(result, self.cfg, self.name, d)
