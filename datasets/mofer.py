@@ -10,7 +10,7 @@ Split construction (shared by every method; docs/datasets.md describes each data
 - target test: the test split of the target, all seven classes; seen classes carry their seen index,
   unseen classes the label ``K`` (the open-set evaluator treats ``label >= K`` as unseen).
 
-The split table is printed and written to ``OUTPUT_DIR/splits.json``.
+The split table is printed and, when a run starts, written to ``OUTPUT_DIR/splits.json``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ from datasets.classes import CANONICAL_CLASSES, SHORT_NAMES, resolve_class
 from datasets.readers import DomainSplits, build_domain_reader
 from engine.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
 from engine.utils.errors import UserError
-from engine.utils.tools import mkdir_if_missing, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +118,9 @@ class MOFER(DatasetBase):
                          unseen_classnames=self.unseen_classnames, source_domains=sources, target_domains=[target])
         if cfg.VERBOSE:
             logger.info("MO-FER split (unseen: %s)\n%s", ", ".join(self.unseen_classnames) or "none", self.split_table())
-        if cfg.OUTPUT_DIR and int(os.environ.get("RANK", "0")) == 0:
-            mkdir_if_missing(cfg.OUTPUT_DIR)
-            write_json(self.split_counts, osp.join(cfg.OUTPUT_DIR, "splits.json"))
+
+    def run_files(self) -> dict[str, dict]:
+        return {"splits.json": self.split_counts}
 
     def cache_groups(self, split: str):
         return self._cache_groups.get(split)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os.path as osp
 from collections import OrderedDict
 from typing import Any
 
@@ -16,7 +17,7 @@ from engine.trainer.checkpointing import ModelCheckpoints
 from engine.trainer.loop_state import NonFiniteWatch
 from engine.trainer.run_log import RunLog
 from engine.utils import distributed
-from engine.utils.checkpoint import step_checkpoint_name
+from engine.utils.checkpoint import checkpoint_candidates, step_checkpoint_name
 from engine.utils.errors import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,11 @@ class TrainerBase:
         path = self.checkpoints.save(directory, shared, is_best=is_best, model_name=model_name,
                                      inside_epoch=bool(step_in_epoch))
         self._last_checkpoint = path or self._last_checkpoint
+
+    def saved_checkpoints(self, directory: str) -> list[str]:
+        """The checkpoints of the registered models in ``directory`` (a training run's output folder), newest
+        first; empty when it holds none."""
+        return [path for name in self._models for path in checkpoint_candidates(osp.join(directory, name))]
 
     def resume_model_if_exist(self, directory: str) -> int:
         """Restore models, optimisers, schedulers and extra state from the newest readable checkpoint

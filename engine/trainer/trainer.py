@@ -29,14 +29,17 @@ Conventions of this project, on top of Dassl's:
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import math
+import os.path as osp
 import time
 from collections import OrderedDict, defaultdict
 from typing import Any
 
 import torch
 
+from engine.config import check_config_values
 from engine.data import DataManager
 from engine.evaluation import MSP, build_evaluator, split_prediction
 from engine.optim.lr_scheduler import LR_UPDATES
@@ -48,7 +51,8 @@ from engine.utils import distributed
 from engine.utils.checkpoint import capture_rng_state, restore_rng_state
 from engine.utils.errors import UserError
 from engine.utils.meters import AverageMeter
-from engine.utils.tools import COMPILE_MODES, set_cudnn_benchmark, set_random_seed, uses_cuda_graphs
+from engine.utils.tools import (COMPILE_MODES, atomic_write_bytes, mkdir_if_missing, set_cudnn_benchmark, set_random_seed,
+                                uses_cuda_graphs)
 
 TRAINER_REGISTRY = Registry("TRAINER")
 logger = logging.getLogger(__name__)
@@ -79,6 +83,7 @@ class SimpleTrainer(TrainerBase):
         # Whether test() on the test split reports (table + results.json): set for the final evaluation
         # and by load_model, so Dassl's "--eval-only: load_model(); test()" also writes results.json.
         self.report_on_test = False
+        self._run_files_written = False
         self.start_epoch = self.epoch = 0
         self.epochs_done = 0  # completed (or loaded) epochs, reported in results.json
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
@@ -102,7 +107,13 @@ class SimpleTrainer(TrainerBase):
             torch.compiler.cudagraph_mark_step_begin()
 
     def check_cfg(self, cfg) -> None:
-        """Check a trainer's requirements on the config (raise :class:`UserError`)."""
+        """Check a trainer's requirements on the config (raise :class:`UserError`): every numeric key in its
+        range (:func:`engine.config.check_config_values`, also for configs not built by ``engine.cli``), and the
+        engine's choices."""
+        check_config_values(cfg)
+        if cfg.RESUME and not osp.isdir(cfg.RESUME):
+            raise UserError(f"--resume folder not found: {cfg.RESUME} (RESUME names the output folder of the run "
+                            f"to continue)")
         if cfg.TRAIN.PRECISION not in ("auto", "bf16", "fp32"):
             raise UserError(f"TRAIN.PRECISION must be auto, bf16 or fp32, got '{cfg.TRAIN.PRECISION}'")
         if cfg.TRAIN.ON_NONFINITE not in ("stop", "skip"):
@@ -139,6 +150,7 @@ class SimpleTrainer(TrainerBase):
         # Dassl's --eval-only is "load_model(); test()": the test that follows reports and writes results.json
         self.report_on_test = True
         super().load_model(directory, epoch)
+        self.write_run_files()
 
     # --------------------------------------------------------------- resume
     def run_signature(self) -> dict[str, Any]:
@@ -174,9 +186,44 @@ class SimpleTrainer(TrainerBase):
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.epochs_done = self.resume_model_if_exist(directory)
+        if self.cfg.RESUME and not self.start_epoch and not self.resume_step and self._models:
+            logger.warning("RESUME %s holds no checkpoint of this run's models (%s): training starts from scratch",
+                           self.cfg.RESUME, ", ".join(self._models))
+        self.check_resumed_position(directory)
         distributed.broadcast_parameters(self._models.values())
+        self.write_run_files()
         self.init_writer(self.output_dir)
         self.time_start = time.time()
+
+    def check_resumed_position(self, directory: str) -> None:
+        """Refuse a resumed checkpoint beyond ``OPTIM.MAX_EPOCH``: the run would train nothing and report the
+        longer run's model under a config that says otherwise."""
+        if (self.start_epoch, self.resume_step) > (self.max_epoch, 0):
+            done = f"{self.start_epoch} epochs" + (f" and {self.resume_step} steps" if self.resume_step else "")
+            raise UserError(f"{directory} holds a run trained for {done}, more than OPTIM.MAX_EPOCH {self.max_epoch}: "
+                            f"use another --output-dir, or OPTIM.MAX_EPOCH {self.start_epoch + bool(self.resume_step)} "
+                            f"or more to continue that run")
+
+    def write_run_files(self) -> None:
+        """Write ``config.yaml`` and the dataset's run files (MO-FER's ``splits.json``) into the output folder.
+
+        Called once the run is accepted (before the first epoch, after any checkpoint there was resumed and
+        checked; or when a model was loaded for evaluation), never earlier: a run refused on the way (another
+        split than the checkpoints', a bad value, a missing epoch) leaves the folder of a finished run as it was.
+        """
+        if self._run_files_written or not self.is_main_process or not self.output_dir:
+            return
+        files = {"config.yaml": self.cfg.dump().encode()}
+        dataset_files = getattr(self.dm.dataset, "run_files", dict)()  # a Dassl dataset has none
+        files.update({name: (json.dumps(content, indent=2) + "\n").encode() for name, content in dataset_files.items()})
+        for name, data in files.items():
+            path = osp.join(self.output_dir, name)
+            try:
+                mkdir_if_missing(self.output_dir)
+                atomic_write_bytes(path, data)
+            except OSError as e:
+                raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        self._run_files_written = True
 
     def after_train(self) -> None:
         logger.info("Finish training")

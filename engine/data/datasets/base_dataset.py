@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from engine.registry import Registry
 
@@ -101,6 +101,13 @@ class DatasetBase:
         class, the domain as a source or as the target) share one cache. ``None`` (the default): the
         split's own items make its cache."""
         return None
+
+    def run_files(self) -> dict[str, Any]:
+        """Files that describe this split in a run's output folder, ``{file name: JSON-serialisable content}``
+        (MO-FER: ``splits.json``, images per class). The trainer writes them beside ``config.yaml`` once the
+        run is accepted (a checkpoint there resumed, or a model loaded for evaluation), never before, so that a
+        refused run leaves a finished run's folder as it was."""
+        return {}
 
     @property
     def classnames(self) -> list[str]:
