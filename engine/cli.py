@@ -18,23 +18,31 @@ import logging
 import os
 import re
 import sys
-import tempfile
 
 import torch
 
-from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list
+from engine.config import check_config_values, extend_cfg, get_cfg_default, merge_from_file, merge_from_list
 from engine.data.datasets import build_dataset
 from engine.trainer import build_trainer
 from engine.utils import distributed
 from engine.utils.errors import UserError, run_command
 from engine.utils.logger import setup_logger
-from engine.utils.tools import atomic_write_bytes, set_random_seed
+from engine.utils.output_lock import OutputLock
+from engine.utils.tools import atomic_write_bytes, remove_write_leftovers, set_random_seed
 
 logger = logging.getLogger("train")
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a mistake on the command line is one line (a :class:`UserError`, exit code 2)
+    with a hint, instead of the whole usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message} (python {self.prog} --help lists the flags)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = _ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", type=str, default=None, help="path to dataset")
     p.add_argument("--output-dir", type=str, default=None, help="output directory")
     p.add_argument("--resume", type=str, default=None, help="checkpoint directory (from which the training resumes)")
@@ -112,6 +120,7 @@ def setup_cfg(args: argparse.Namespace):
         raise UserError("no trainer given: pass --trainer NAME or set TRAINER.NAME in the config file")
     if not cfg.DATASET.NAME:
         raise UserError("no dataset given: pass --dataset-config-file FILE (or set DATASET.NAME)")
+    check_config_values(cfg)
     cfg.freeze()
     return cfg
 
@@ -128,31 +137,57 @@ def main(args: argparse.Namespace) -> None:
         return
     distributed.init_distributed(cfg.USE_CUDA)
     main_process = distributed.is_main_process()
+    lock = None
     if main_process:
         check_writable(cfg.OUTPUT_DIR)
+        # Before anything is written there: a second run into the folder stops here, naming the first
+        lock = OutputLock.acquire(cfg.OUTPUT_DIR, cfg.OUTPUT_LOCK_STALE_S)
+    try:
+        run(cfg, args, main_process, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run(cfg, args: argparse.Namespace, main_process: bool, lock: OutputLock | None) -> None:
+    """Train or evaluate, with the output folder locked (on the main process)."""
     # Under torchrun only rank 0 writes log.txt; the others report warnings and errors on the console.
     setup_logger(cfg.OUTPUT_DIR if main_process else None, level=logging.INFO if main_process else logging.WARNING)
     set_random_seed(cfg.SEED)
     logger.info("Command: %s", " ".join(sys.argv))
+    if lock is not None and lock.took_over:
+        logger.warning("Output folder %s: %s", cfg.OUTPUT_DIR, lock.took_over)
+    if main_process:
+        removed = remove_write_leftovers(cfg.OUTPUT_DIR, locked=True)
+        if removed:
+            logger.info("Removed %d temporary file(s) of interrupted writes: %s", len(removed), ", ".join(removed))
     logger.info("torch %s, device %s, processes %d", torch.__version__, distributed.training_device(cfg.USE_CUDA),
                 distributed.world_size())
-    if main_process:
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), cfg.dump().encode())
+    # config.yaml and splits.json are written by the trainer once the run is accepted (Trainer.write_run_files)
     trainer = build_trainer(cfg)
     if args.eval_only:
+        refuse_trained_output_dir(trainer, cfg.OUTPUT_DIR)
         trainer.load_model(args.model_dir, epoch=parse_load_epoch(args.load_epoch))
         trainer.test()  # as Dassl's train.py: after load_model, test() reports and writes results.json
         return
     trainer.train()
 
 
+def refuse_trained_output_dir(trainer, output_dir: str) -> None:
+    """An evaluation writes results.json and config.yaml: never into the folder of a trained run, whose
+    results they would replace (a ``--load-epoch 5`` evaluation in place of the finished run's)."""
+    saved = trainer.saved_checkpoints(output_dir)
+    if saved:
+        raise UserError(f"--output-dir {output_dir} holds a trained run ({saved[0]}); an evaluation there would replace "
+                        f"its results.json: write the evaluation to another --output-dir (--model-dir reads the run)")
+
+
 def check_writable(folder: str) -> None:
     """Fail now, with the folder's name, rather than after hours of training at the first save."""
     try:
         os.makedirs(folder, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-")
-        probe.close()
+        atomic_write_bytes(os.path.join(folder, ".write-test"), b"")
+        os.remove(os.path.join(folder, ".write-test"))
     except OSError as e:
         raise UserError(f"output folder {folder} is not writable: {e.strerror or e} (--output-dir / OUTPUT_DIR)") from None
 
@@ -170,5 +205,4 @@ def parse_load_epoch(value: str | None) -> int | str | None:
 
 def cli(argv: list[str] | None = None) -> int:
     """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    args = parse_args(argv)
-    return run_command(lambda: main(args))
+    return run_command(lambda: main(parse_args(argv)))

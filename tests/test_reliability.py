@@ -197,7 +197,11 @@ def test_sigkill_at_a_random_step_then_rerun_gives_the_same_results(synthetic_ro
     rerun = subprocess.run(_kill_and_resume_cmd(synthetic_root, str(killed)), capture_output=True, text=True,
                            env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "will resume training" in (killed / "log.txt").read_text()
+    log = (killed / "log.txt").read_text()
+    assert "will resume training" in log
+    # the killed run's lock did not block the rerun, and nothing it left half-written remains
+    assert f"removed a stale lock of pid {proc.pid}" in log
+    assert not list(killed.rglob("*.tmp")) and not (killed / ".lock").exists()
     a = json.load(open(straight / "results.json"))["metrics"]
     b = json.load(open(killed / "results.json"))["metrics"]
     assert a == b, f"killed at step {step}"

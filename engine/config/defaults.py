@@ -1,6 +1,6 @@
 """Default configuration, with Dassl's key names wherever Dassl has the concept.
 
-Keys this engine adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATALOADER.DOMAIN_EPOCH``,
+Keys this engine adds (not in Dassl): ``OUTPUT_LOCK_STALE_S``, ``DATASET.UNSEEN_CLASSES``, ``DATALOADER.DOMAIN_EPOCH``,
 ``DATALOADER.CACHE.*`` (the fast data path, :mod:`engine.data.fast.settings`), ``INPUT.AFFINE_*`` and
 ``INPUT.RE_*`` (the ``random_affine`` and ``random_erasing`` transforms), ``CUDNN_BENCHMARK``,
 ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.BACKBONE.WEIGHTS``, ``MODEL.BACKBONE.WIDTH``, ``MODEL.COMPILE``,
@@ -29,6 +29,9 @@ _C.VERSION = 1
 _C.OUTPUT_DIR = "./output"
 # Path to a directory where the files were saved previously (resume from its last checkpoint)
 _C.RESUME = ""
+# A run locks OUTPUT_DIR (OUTPUT_DIR/.lock: pid and host) and touches the lock every quarter of this; a lock of
+# another host untouched for this many seconds is taken to be left by a dead run (see engine/utils/output_lock.py)
+_C.OUTPUT_LOCK_STALE_S = 600
 # Set seed to a negative value to randomize everything; 0 is a valid seed
 _C.SEED = 1
 _C.USE_CUDA = True

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
-import tempfile
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,33 @@ def mkdir_if_missing(path: str | os.PathLike) -> None:
     os.makedirs(path, exist_ok=True)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half."""
+HOST = socket.gethostname()
+# The output lock's file in an output folder (engine.utils.output_lock)
+LOCK_NAME = ".lock"
+# Temporary names of interrupted writes: ".<name>.<pid>@<host>.tmp" (atomic_write_bytes, the output lock), and
+# ".<name>.<8 characters>.tmp" of tempfile.mkstemp, as earlier versions named them
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)@(?P<host>[^/]+)\.tmp$")
+_MKSTEMP_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def temporary_name(path: str | os.PathLike) -> Path:
+    """Where :func:`atomic_write_bytes` writes ``path`` before renaming it: a hidden file beside it naming this
+    process and host, so that a leftover of a killed writer can be told from a write in progress."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return path.parent / f".{path.name}.{os.getpid()}@{HOST}.tmp"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never half. The file gets
+    the mode any new file gets (0666 less the umask), as ``open(path, "wb")`` would give it. One writer of
+    ``path`` at a time per process."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # left by a killed process that had this pid
+        os.remove(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -83,6 +107,38 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_write_leftovers(folder: str | os.PathLike, locked: bool = False) -> list[str]:
+    """Remove the temporaries of interrupted writes (:func:`temporary_name`) in ``folder`` and its sub-folders
+    that no process will finish: those of processes that no longer run on this host and, when the caller holds
+    ``folder``'s output lock (``locked``, so that no other run writes there), those of other hosts and the
+    ``tempfile.mkstemp`` names of earlier versions. A sub-folder with a lock of its own (another run's output
+    folder) only loses leftovers of dead processes of this host. Returns the removed paths."""
+    removed = []
+    folder = str(folder)
+    try:
+        subfolders = [os.path.join(folder, e.name) for e in os.scandir(folder) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return removed
+    for directory in [folder] + subfolders:
+        owned = locked and (directory == folder or not os.path.exists(os.path.join(directory, LOCK_NAME)))
+        for name in os.listdir(directory):
+            match = _TEMPORARY.match(name)
+            if match:
+                pid, host = int(match["pid"]), match["host"]
+                dead_here = host == HOST and pid != os.getpid() and not pid_alive(pid)
+                if not (dead_here or (owned and host != HOST)):
+                    continue
+            elif not (owned and _MKSTEMP_TEMPORARY.match(name)):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                os.remove(path)
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+            removed.append(path)
+    return removed
 
 
 def pid_alive(pid: int) -> bool:
