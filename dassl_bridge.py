@@ -64,14 +64,22 @@ Does not work
 - A host codebase with its own top-level ``trainers`` or ``datasets`` package (CoOp's repository has
   both; Hugging Face's ``datasets`` library is another) shadows this project's packages of the same
   names: both calls then stop with an error naming both paths instead of loading the other modules.
-- Dassl's trainers on this project's ``MOFER`` dataset or ``OpenSet`` evaluator (they are registered,
-  not adapted), and this project's trainers on Dassl's datasets (they read through this project's data
-  manager and domain readers).
+- Dassl's own trainers (``Vanilla``, ``DAELDG``, ``DANN``...) on this project's ``MOFER`` dataset or with its
+  ``OpenSet`` evaluator: they are closed-set (an unseen class's test images would count as errors; ``OpenSet``
+  takes probabilities, not their logits) and write no ``results.json``. :func:`register_with_dassl` makes
+  Dassl's ``SimpleTrainer.__init__`` refuse that combination first, with one line naming the trainer and what
+  to run instead (:func:`refuse_dassl_trainer_on_project_data`), before a Dassl trainer's own ``check_cfg``
+  (``DAELDG``'s bare ``AssertionError``). This project's trainers on Dassl's datasets do not work either (they
+  read through this project's data manager and domain readers): an unknown dataset name, one line.
 - Dassl's ``tools/train.py`` calls ``clean_cfg(cfg, args.trainer)``, which removes every
   ``TRAINER.<X>`` but the one named by ``--trainer``: pass ``--trainer PromptEmo`` (a name set only in
   the YAML leaves ``TRAINER.PROMPTEMO`` removed).
-- A :class:`engine.utils.errors.UserError` is not turned into one line there: Dassl's ``train.py``
-  has no handler, so it ends with a traceback whose last line is the message.
+- Dassl's ``train.py`` has no error handler: :func:`register_with_dassl` installs a ``sys.excepthook`` that
+  prints an uncaught :class:`engine.utils.errors.UserError` as one ``error: ...`` line (no traceback); the exit
+  status is Python's for an uncaught exception, 1 (this project's ``train.py`` exits 2). Other exceptions
+  keep their tracebacks.
+- ``train.py``'s output-folder lock (``engine.utils.output_lock``) is taken by this project's ``train.py``,
+  not by Dassl's: two Dassl programs into one ``OUTPUT_DIR`` are not refused.
 
 Importing this module needs no Dassl; :func:`register_with_dassl` raises
 :class:`DasslNotImportableError` when ``dassl`` (or a package its import needs) cannot be imported.
@@ -90,9 +98,10 @@ from yacs.config import CfgNode
 
 from engine.config import all_keys, extend_cfg, get_cfg_default
 from engine.config import merge_from_file as _project_merge_from_file
-from engine.utils.errors import UserError
+from engine.utils.errors import UserError, user_error_line
 
-__all__ = ["DasslNotImportableError", "register_with_dassl", "extend_dassl_cfg", "differing_defaults"]
+__all__ = ["DasslNotImportableError", "register_with_dassl", "extend_dassl_cfg", "differing_defaults",
+           "refuse_dassl_trainer_on_project_data"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +218,8 @@ def register_with_dassl(console_log: bool = True) -> dict[str, dict[str, str]]:
     if console_log:  # first, so that the warnings below are shown
         _route_project_logging_to_stdout()
     _load_project()
+    _guard_dassl_trainers()
+    _report_user_errors_in_one_line()
     report: dict[str, dict[str, str]] = {}
     for kind, project_module, _ in _REGISTRIES:
         ours = getattr(importlib.import_module(project_module), f"{kind}_REGISTRY")
@@ -237,6 +248,79 @@ def register_with_dassl(console_log: bool = True) -> dict[str, dict[str, str]]:
                 theirs._do_register(name, obj, force=force)
         report[kind] = outcome
     return report
+
+
+# --------------------------------------------------------------------------- what is refused
+_GUARD_TAG = "_dassl_bridge_guard"
+
+
+def _project_names(kind: str) -> list[str]:
+    module = next(m for k, m, _ in _REGISTRIES if k == kind)
+    return [name for name, _ in getattr(importlib.import_module(module), f"{kind}_REGISTRY")]
+
+
+def _is_ours_in_dassl(kind: str, name: str) -> bool:
+    """Whether Dassl's ``kind`` registry holds *this project's* object under ``name`` (not a host's of that name)."""
+    ours_module, dassl_module = next((m, d) for k, m, d in _REGISTRIES if k == kind)
+    ours = getattr(importlib.import_module(ours_module), f"{kind}_REGISTRY")
+    theirs = getattr(importlib.import_module(dassl_module), f"{kind}_REGISTRY")
+    return name in ours and name in theirs.registered_names() and theirs.get(name) is ours.get(name)
+
+
+def refuse_dassl_trainer_on_project_data(cfg: CfgNode) -> None:
+    """A :class:`UserError` when a config asks one of *Dassl's* trainers for this project's dataset or evaluator.
+
+    Dassl's trainers are closed-set: on MOFER they count every test image of the unseen class as an error (with
+    Dassl's ``Classification``), or hand logits to ``OpenSet``, which takes probabilities, and print metrics
+    without ``results.json``; some (``DAELDG``) stop on a bare ``AssertionError`` about samplers first."""
+    dataset, evaluator = cfg.DATASET.NAME, cfg.TEST.EVALUATOR
+    if _is_ours_in_dassl("DATASET", dataset):
+        what = f"dataset {dataset}"
+    elif _is_ours_in_dassl("EVALUATOR", evaluator):
+        what = f"evaluator {evaluator}"
+    else:
+        return
+    raise UserError(f"Dassl's trainer {cfg.TRAINER.NAME} cannot run on this project's {what}: Dassl's trainers are "
+                    f"closed-set (no unseen class, no open-set metrics, no results.json); train one of this project's "
+                    f"trainers ({', '.join(_project_names('TRAINER'))}) on it, or Dassl's trainer on a Dassl dataset "
+                    f"with TEST.EVALUATOR Classification")
+
+
+def _guard_dassl_trainers() -> None:
+    """Make Dassl's ``SimpleTrainer.__init__`` (the start of every Dassl trainer, before its ``check_cfg``) call
+    :func:`refuse_dassl_trainer_on_project_data`. This project's trainers do not derive from it; once is enough."""
+    trainer_module = importlib.import_module("dassl.engine.trainer")
+    base = trainer_module.SimpleTrainer
+    if getattr(base.__init__, _GUARD_TAG, False):
+        return
+    original = base.__init__
+
+    @functools.wraps(original)
+    def __init__(self, cfg, *args, **kwargs):
+        refuse_dassl_trainer_on_project_data(cfg)
+        original(self, cfg, *args, **kwargs)
+
+    setattr(__init__, _GUARD_TAG, True)
+    base.__init__ = __init__
+
+
+def _report_user_errors_in_one_line() -> None:
+    """Dassl's ``train.py`` catches nothing: a :class:`UserError` (a user's mistake, with a message naming what
+    to fix) would end in a traceback. Print it as ``error: <message>`` on stderr instead, as this project's
+    ``train.py`` does; the exit status stays Python's for an uncaught exception (1). Other exceptions keep the
+    previous hook."""
+    if getattr(sys.excepthook, _GUARD_TAG, False):
+        return
+    previous = sys.excepthook
+
+    def excepthook(kind, value, traceback):
+        if isinstance(value, UserError):
+            print(f"error: {user_error_line(value)}", file=sys.stderr)
+            return
+        previous(kind, value, traceback)
+
+    setattr(excepthook, _GUARD_TAG, True)
+    sys.excepthook = excepthook
 
 
 # --------------------------------------------------------------------------- config

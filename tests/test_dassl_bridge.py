@@ -339,3 +339,33 @@ def test_dassl_tools_train_main_runs_promptemo(dassl, synthetic_root, tmp_path, 
                                            "model_dir": out}))
     with open(os.path.join(evaluated, "results.json")) as f:
         assert json.load(f)["metrics"] == pytest.approx(record["metrics"], abs=1e-6, nan_ok=True)
+
+
+@pytest.mark.parametrize("trainer", ["Vanilla", "DAELDG"])
+def test_dassl_own_trainers_on_mofer_are_refused_by_name(dassl, synthetic_root, tmp_path, monkeypatch, trainer):
+    """Dassl's closed-set trainers on MOFER used to exit 0 with no results.json (Vanilla, whose logits went to
+    OpenSet as probabilities) or stop on a bare AssertionError (DAELDG's sampler check)."""
+    tools_train = _dassl_tools_train(dassl)
+    dassl_bridge.register_with_dassl()
+    monkeypatch.setattr(tools_train, "extend_cfg", lambda cfg: dassl_bridge.extend_dassl_cfg(cfg))
+    monkeypatch.setattr(tools_train, "setup_logger", lambda out: None)
+    monkeypatch.setattr(tools_train, "collect_env_info", lambda: "(not collected in this test)")
+    out = str(tmp_path / "run")
+    args = argparse.Namespace(
+        root=synthetic_root, output_dir=out, resume="", seed=1, source_domains=list(SYNTH_SOURCES),
+        target_domains=[SYNTH_TARGET], transforms=None, config_file="", dataset_config_file=DATASET_YAML,
+        trainer=trainer, backbone="resnet18", head="", eval_only=False, model_dir="", load_epoch=None, no_train=False,
+        opts=["OPTIM.MAX_EPOCH", "1", "MODEL.BACKBONE.PRETRAINED", "False", "USE_CUDA", "False", *SYNTH_OPTS])
+    with pytest.raises(UserError, match=f"Dassl's trainer {trainer} cannot run on this project's dataset MOFER"):
+        tools_train.main(args)
+    assert not os.path.exists(os.path.join(out, "results.json"))
+
+
+def test_dassl_program_reports_a_user_error_in_one_line(dassl, registered, capsys):
+    """Dassl's train.py catches nothing: after register_with_dassl a UserError prints one line, no traceback."""
+    try:
+        raise UserError("dataset root not found: /nowhere")
+    except UserError as e:
+        sys.excepthook(type(e), e, e.__traceback__)
+    err = capsys.readouterr().err
+    assert err == "error: dataset root not found: /nowhere\n"
