@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
-from datasets.classes import canonical_name
+from datasets.classes import CANONICAL_CLASSES, canonical_name
 from engine.config import register_config_hook
 from engine.modeling.clip_text import PromptLearner, TextEncoder, encode_sentences
 from engine.optim import build_lr_scheduler, build_optimizer
@@ -81,8 +81,12 @@ def load_descriptions(path: str, classnames: list[str]) -> list[str]:
         if key.startswith("_"):
             continue
         name = canonical_name(key)
-        if name is None or not isinstance(text, str) or not text.strip():
-            raise UserError(f"descriptions file {found}: '{key}' is not an expression class with a text description")
+        if name is None:
+            raise UserError(f"descriptions file {found}: '{key}' is not an expression class "
+                            f"(expected {', '.join(CANONICAL_CLASSES)} or an alias)")
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"descriptions file {found}: the description of '{key}' must be a non-empty string, "
+                            f"got {json.dumps(text)}")
         by_class[name] = text.strip()
     missing = [c for c in classnames if c not in by_class]
     if missing:

@@ -133,6 +133,24 @@ def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batc
     )
 
 
+def warn_undefined_metrics(test: Sequence[Datum], num_classes: int, split: SplitInfo) -> None:
+    """Say before any training when the test split cannot give the open-set metrics: without seen-class images
+    every metric is undefined (n/a, null in results.json); without images of the unseen classes, all but the
+    seen-class accuracies are."""
+    if not test:
+        return
+    n_seen = sum(1 for item in test if 0 <= item.label < num_classes)
+    target = ", ".join(split.target_domains) or "the target"
+    if n_seen == 0:
+        logger.warning("The test split of %s holds no images of the seen classes (%s), only of %s: every metric "
+                       "will be n/a (null in results.json)", target, ", ".join(split.seen_classes),
+                       ", ".join(split.unseen_classes) or "classes outside them")
+    elif n_seen == len(test) and split.unseen_classes:
+        logger.warning("The test split of %s holds no images of the unseen class(es) %s: only the seen-class "
+                       "accuracies (acc_s, mcr, acc_<class>) will have values, the open-set metrics n/a", target,
+                       ", ".join(split.unseen_classes))
+
+
 class DataManager:
     """Builds the dataset named in the config and its loaders."""
 
@@ -188,6 +206,7 @@ class DataManager:
         self._lab2cname = dataset.lab2cname
         self.dataset = dataset
         self.split_info: SplitInfo = split_info_of(dataset, cfg)
+        warn_undefined_metrics(dataset.test or [], dataset.num_classes, self.split_info)
         self.tfm_train = tfm_train
         self.tfm_test = tfm_test
         if cfg.VERBOSE:

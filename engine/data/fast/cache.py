@@ -6,7 +6,8 @@ GPU trains several times faster. With ``DATALOADER.CACHE.ENABLED True`` each spl
 augmentation runs on the training device (:mod:`engine.data.fast.augment`,
 :mod:`engine.data.fast.loader`). The config keys are described in :mod:`engine.data.fast.settings`.
 
-What an entry holds: image ``i`` of the split is ``read_image(impath, crop)`` converted to RGB,
+What an entry holds: image ``i`` of the split is ``read_image(impath, crop)`` (upright as its EXIF
+orientation says, then cropped) converted to RGB,
 ``T.Resize(S, INPUT.INTERPOLATION)`` (short side to S), ``T.CenterCrop(S)``, as uint8 HWC. With
 ``S = INPUT.SIZE`` that is exactly the PIL test transform before ``ToTensor``.
 
@@ -60,8 +61,9 @@ from engine.utils.tools import mkdir_if_missing, remove_dead_leftovers, write_js
 
 logger = logging.getLogger(__name__)
 
-# Bump when the content of an entry changes for the same inputs (a new decoding recipe).
-CACHE_FORMAT = 1
+# Bump when the content of an entry changes for the same inputs (a new decoding recipe). 2: images turned
+# upright by their EXIF orientation (engine.data.image_io.read_image).
+CACHE_FORMAT = 2
 # Images per task of a decoding worker: large enough to amortise inter-process traffic, small
 # enough for a smooth progress bar and balanced workers.
 CHUNK = 64
