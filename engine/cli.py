@@ -8,8 +8,14 @@ and datasets, then calls :func:`cli`::
         --source-domains ferplus affectnet oulu --target-domains rafdb \
         --output-dir output/run1 --seed 1 DATASET.UNSEEN_CLASSES fear
 
-Merge order: defaults -> trainer hooks -> dataset yaml -> method yaml -> flags -> trailing KEY VALUE.
-A flag left out never overrides the YAML. User mistakes end with one line on stderr and exit code 2.
+Merge order: defaults -> trainer hooks -> dataset yaml -> method yaml -> flags -> trailing KEY VALUE, then
+every numeric key checked against its range (:mod:`engine.config.checks`). A flag left out never overrides the
+YAML. User mistakes (argparse's included) end with one line on stderr and exit code 2.
+
+The output folder: the main process takes its lock (:mod:`engine.utils.output_lock`) before writing anything
+there and removes the temporaries of writes a kill interrupted; the trainer writes ``config.yaml`` and the
+dataset's ``splits.json`` once the run is accepted, so a refused run leaves a finished run's folder as it was;
+an evaluation (``--eval-only``) into a trained run's folder is refused.
 """
 from __future__ import annotations
 
