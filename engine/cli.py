@@ -34,7 +34,7 @@ from engine.utils import distributed
 from engine.utils.errors import UserError, run_command
 from engine.utils.logger import setup_logger
 from engine.utils.output_lock import OutputLock
-from engine.utils.tools import atomic_write_bytes, remove_write_leftovers, set_random_seed
+from engine.utils.tools import remove_write_leftovers, set_random_seed, temporary_name
 
 logger = logging.getLogger("train")
 
@@ -192,8 +192,9 @@ def check_writable(folder: str) -> None:
     """Fail now, with the folder's name, rather than after hours of training at the first save."""
     try:
         os.makedirs(folder, exist_ok=True)
-        atomic_write_bytes(os.path.join(folder, ".write-test"), b"")
-        os.remove(os.path.join(folder, ".write-test"))
+        probe = temporary_name(os.path.join(folder, "write-test"))  # this process's own name: runs may race here
+        open(probe, "wb").close()
+        os.remove(probe)
     except OSError as e:
         raise UserError(f"output folder {folder} is not writable: {e.strerror or e} (--output-dir / OUTPUT_DIR)") from None
 

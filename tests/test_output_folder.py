@@ -142,11 +142,12 @@ def test_leftovers_of_killed_writes_are_removed_by_the_next_run(synthetic_root, 
 
 
 # ------------------------------------------------------------------------------------------------ the lock
-def write_lock(folder, pid: int, host: str, process_start: int | None = None, age_s: float = 0.0) -> None:
+def write_lock(folder, pid: int, host: str, process_start: int | None = None, age_s: float = 0.0,
+               pid_namespace: str | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     path.write_text(json.dumps({"pid": pid, "host": host, "started": "2025-01-02 03:04:05",
-                                "process_start": process_start}))
+                                "process_start": process_start, "pid_namespace": pid_namespace}))
     if age_s:
         then = time.time() - age_s
         os.utime(path, (then, then))
@@ -196,6 +197,10 @@ def test_a_lock_of_another_host_is_live_while_its_heartbeat_is(synthetic_root, t
     write_lock(out, 4242, "another-node", None, age_s=30)
     code, _, err = _cli(capsys, *zs_argv(synthetic_root, out))
     assert code == 2 and "is in use by pid 4242 on host another-node" in err
+    # a container of this host name with pids of its own: its pid means nothing here, so the heartbeat decides
+    write_lock(tmp_path / "container", dead_pid(), HOST, None, age_s=30, pid_namespace="pid:[1]")
+    code, _, err = _cli(capsys, *zs_argv(synthetic_root, tmp_path / "container"))
+    assert code == 2 and "is in use by pid" in err and f"on host {HOST}" in err
     # with a shorter timeout (OUTPUT_LOCK_STALE_S), the same lock is stale
     code, _, err = _cli(capsys, *zs_argv(synthetic_root, out, "OUTPUT_LOCK_STALE_S", "20"))
     assert code == 0, err

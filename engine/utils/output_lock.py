@@ -9,7 +9,9 @@ A lock outlives a run that was killed (``kill -9``, a crash, a pre-empted job). 
 run takes it over, saying so in its log, when
 
 - its process is gone from this host: the pid does not run here, or runs but started at another time than
-  the lock's (the pid was reused by another program);
+  the lock's (the pid was reused by another program). "This host" is the host name and the pid namespace: a
+  container sharing the host's name (``--network host``) cannot see the pids of another, so its locks count
+  as another host's;
 - it comes from another host and its *heartbeat* stopped: a run keeps touching its lock (every
   ``OUTPUT_LOCK_STALE_S / 4`` seconds), and one untouched for ``OUTPUT_LOCK_STALE_S`` (default 600 s) is
   taken to be dead. A host cannot see another host's processes, so on a shared file system (NFS, Lustre; a
@@ -42,6 +44,18 @@ logger = logging.getLogger(__name__)
 
 
 
+def pid_namespace() -> str | None:
+    """This process's pid namespace (``pid:[4026531836]``), or None where unknown. Containers may share a host
+    name (``--network host``) but not their pids: a pid is only checked where the namespace is the same."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+PID_NAMESPACE = pid_namespace()
+
+
 def process_start_time(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks after boot, from ``/proc``), or None where unknown: with the
     pid it identifies a process, as a pid alone is reused once its process is gone."""
@@ -65,6 +79,13 @@ class LockHolder:
     host: str
     started: str  # local time the run took the lock, for people
     process_start: int | None = None  # process_start_time(pid) on its host
+    pid_namespace: str | None = None  # pid_namespace() of its process
+
+    def runs_here(self) -> bool:
+        """Whether its pid can be looked up from this process: the same host and pid namespace."""
+        if self.host != HOST:
+            return False
+        return self.pid_namespace is None or PID_NAMESPACE is None or self.pid_namespace == PID_NAMESPACE
 
     def describe(self) -> str:
         return f"pid {self.pid} on host {self.host} (started {self.started})"
@@ -76,7 +97,7 @@ def _read_holder(path: str) -> LockHolder | None:
         with open(path) as f:
             raw = json.load(f)
         return LockHolder(int(raw["pid"]), str(raw["host"]), str(raw.get("started", "?")),
-                          raw.get("process_start"))
+                          raw.get("process_start"), raw.get("pid_namespace"))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -100,9 +121,11 @@ class OutputLock:
     @classmethod
     def acquire(cls, folder: str, stale_after_s: float = 600.0) -> "OutputLock":
         path = os.path.join(folder, LOCK_NAME)
-        me = LockHolder(os.getpid(), HOST, time.strftime("%Y-%m-%d %H:%M:%S"), process_start_time(os.getpid()))
+        me = LockHolder(os.getpid(), HOST, time.strftime("%Y-%m-%d %H:%M:%S"), process_start_time(os.getpid()),
+                        PID_NAMESPACE)
         content = json.dumps({"pid": me.pid, "host": me.host, "started": me.started,
-                              "process_start": me.process_start, "command": " ".join(sys.argv)}) + "\n"
+                              "process_start": me.process_start, "pid_namespace": me.pid_namespace,
+                              "command": " ".join(sys.argv)}) + "\n"
         took_over = None
         for _ in range(5):  # a few rounds: another run may take or release the lock between our steps
             probe = _write_probe(path, content)  # our lock's content, stamped with the file server's "now"
@@ -138,7 +161,7 @@ class OutputLock:
         self._stop.set()
         self._heartbeat.join(timeout=5)
         holder = _read_holder(self.path)
-        if holder is not None and (holder.pid, holder.host) == (os.getpid(), HOST):
+        if holder is not None and (holder.pid, holder.host, holder.pid_namespace) == (os.getpid(), HOST, PID_NAMESPACE):
             _remove(self.path)
 
     def __enter__(self) -> "OutputLock":
@@ -194,7 +217,7 @@ def _age(path: str, now: float) -> float | None:
 
 def _stale_reason(holder: LockHolder | None, age: float, stale_after_s: float) -> str | None:
     """Why the lock is stale, or None while its run may be alive (see the module docstring)."""
-    if holder is not None and holder.host == HOST:
+    if holder is not None and holder.runs_here():
         if not pid_alive(holder.pid):
             return f"pid {holder.pid} no longer runs on this host"
         current = process_start_time(holder.pid)
