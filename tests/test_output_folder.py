@@ -220,3 +220,36 @@ def test_the_lock_is_kept_alive_while_held_and_removed_when_released(tmp_path):
     finally:
         lock.release()
     assert not path.exists() and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("stale_first", [False, True])
+def test_runs_starting_together_get_one_lock(tmp_path, stale_first):
+    """Eight takers at once (threads standing in for processes), on a free folder or one with a stale lock:
+    exactly one holds the lock afterwards, the others are refused naming it."""
+    import threading
+
+    if stale_first:
+        write_lock(tmp_path, dead_pid(), HOST)
+    start, results = threading.Barrier(8), []
+
+    def take():
+        start.wait()
+        try:
+            results.append(OutputLock.acquire(str(tmp_path), stale_after_s=600))
+        except UserError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    locks = [r for r in results if isinstance(r, OutputLock)]
+    try:
+        assert len(locks) == 1 and len(results) == 8
+        assert all("is in use by pid" in str(r) for r in results if isinstance(r, UserError))
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    finally:
+        for lock in locks:
+            lock.release()
+    assert os.listdir(tmp_path) == []  # no probe or renamed lock left behind

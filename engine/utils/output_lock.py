@@ -23,8 +23,9 @@ run takes it over, saying so in its log, when
 
 The lock is created atomically (written under a temporary name, then hard-linked to ``.lock``, which fails
 when it exists; where the file system has no hard links, ``O_EXCL``), so two runs starting together cannot
-both take it; taking over a stale lock renames it aside first and checks that what was renamed is the lock
-judged stale, so a racing run's fresh lock is never removed.
+both take it. A stale lock is replaced, not removed (one atomic rename, so the file never vanishes for a
+moment), by one run at a time (the one that creates ``.lock.takeover``), after checking that it is still the
+lock judged stale: runs that find the same stale lock together end with one holder.
 """
 from __future__ import annotations
 
@@ -127,24 +128,29 @@ class OutputLock:
                               "process_start": me.process_start, "pid_namespace": me.pid_namespace,
                               "command": " ".join(sys.argv)}) + "\n"
         took_over = None
-        for _ in range(5):  # a few rounds: another run may take or release the lock between our steps
-            probe = _write_probe(path, content)  # our lock's content, stamped with the file server's "now"
+        for _ in range(100):  # rounds: other runs may take, release or be taking over the lock meanwhile
             try:
-                if _link_or_create(probe.path, path, content):
-                    return cls(path, stale_after_s, took_over)
-            finally:
-                _remove(probe.path)
-            holder, age = _read_holder(path), _age(path, probe.mtime)
-            if age is None:
-                continue  # released meanwhile: try again
-            reason = _stale_reason(holder, age, stale_after_s)
-            if reason is None:
-                who = holder.describe() if holder else "a run whose lock cannot be read"
-                raise UserError(f"output folder {folder} is in use by {who}: wait for that run to end or use another "
-                                f"--output-dir (if no run is using it, delete {path})")
-            if _take_over(path, holder):
-                who = holder.describe() if holder else "an unreadable lock"
-                took_over = f"removed a stale lock of {who}: {reason}"
+                probe = _write_probe(path, content)  # our lock's content, stamped with the file server's "now"
+                try:
+                    if _link_or_create(probe.path, path, content):
+                        return cls(path, stale_after_s, took_over)
+                    holder, age = _read_holder(path), _age(path, probe.mtime)
+                    if age is None:
+                        continue  # released meanwhile: try again
+                    reason = _stale_reason(holder, age, stale_after_s)
+                    if reason is None:
+                        who = holder.describe() if holder else "a run whose lock cannot be read"
+                        raise UserError(f"output folder {folder} is in use by {who}: wait for that run to end or use "
+                                        f"another --output-dir (if no run is using it, delete {path})")
+                    if _replace_stale(path, holder, probe, stale_after_s):
+                        took_over = (f"removed a stale lock of {holder.describe()}: {reason}" if holder else
+                                     f"removed a stale, unreadable lock: {reason}")
+                        return cls(path, stale_after_s, took_over)
+                finally:
+                    _remove(probe.path)
+            except OSError as e:
+                raise UserError(f"cannot write the lock {path}: {e.strerror or e} (--output-dir / OUTPUT_DIR)") from None
+            time.sleep(0.02)  # another run is taking over the stale lock: see what it leaves
         raise UserError(f"cannot take the lock {path}: other runs keep taking it; use another --output-dir")
 
     # -------------------------------------------------------------- holding it
@@ -180,7 +186,7 @@ class _Probe:
 def _write_probe(lock_path: str, content: str) -> _Probe:
     """Write ``content`` to a temporary file beside the lock and return it with its modification time: the
     file server's clock now, against which the lock's age is measured."""
-    path = f"{lock_path}.{os.getpid()}@{HOST}.tmp"
+    path = _private_name(lock_path, "probe")
     with open(path, "w") as f:
         f.write(content)
         f.flush()
@@ -229,23 +235,37 @@ def _stale_reason(holder: LockHolder | None, age: float, stale_after_s: float) -
     return None
 
 
-def _take_over(path: str, judged: LockHolder | None) -> bool:
-    """Remove the stale lock at ``path``: renamed aside first, then removed if it is the lock judged stale,
-    else put back (a racing run replaced it meanwhile). Whether a stale lock was removed."""
-    aside = f"{path}.stale.{os.getpid()}@{HOST}.tmp"
-    try:
-        os.rename(path, aside)
-    except FileNotFoundError:
+# A run killed while taking over a stale lock leaves the takeover's own lock; it is removed after this long.
+TAKEOVER_STALE_S = 30.0
+
+
+def _replace_stale(path: str, judged: LockHolder | None, probe: "_Probe", stale_after_s: float) -> bool:
+    """Replace the stale lock at ``path`` by ``probe`` (our lock), one run at a time: the run that creates
+    ``<lock>.takeover`` checks that the lock is still the one judged stale and replaces it in one atomic rename,
+    so that the lock file never disappears meanwhile; the others go round again and find our lock. Whether
+    ``path`` is now ours."""
+    takeover = path + ".takeover"
+    if not _link_or_create(probe.path, takeover, ""):
+        age = _age(takeover, probe.mtime)
+        if age is not None and age > TAKEOVER_STALE_S:
+            _remove(takeover)
         return False
-    if _read_holder(aside) == judged:
-        _remove(aside)
-        return True
     try:
-        os.link(aside, path)  # a fresh lock of another run: back in place unless yet another run holds it now
-    except OSError:
-        pass
-    _remove(aside)
-    return False
+        age = _age(path, probe.mtime)
+        current = _read_holder(path)
+        if age is None or current != judged or _stale_reason(current, age, stale_after_s) is None:
+            return False
+        os.replace(probe.path, path)
+        return True
+    finally:
+        _remove(takeover)
+
+
+def _private_name(lock_path: str, what: str) -> str:
+    """A name beside the lock that no other process or thread uses, in the form of the temporaries that
+    ``engine.utils.tools.remove_write_leftovers`` removes once their process is gone."""
+    folder, name = os.path.split(lock_path)
+    return os.path.join(folder, f"{name}-{what}-{threading.get_ident()}.{os.getpid()}@{HOST}.tmp")
 
 
 def _remove(path: str) -> None:
