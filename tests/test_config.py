@@ -1,9 +1,12 @@
 """Config merging: Dassl's order, flags that were not given never override, typos are reported."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from yacs.config import CfgNode as CN
 
+from conftest import ROOT
 from engine import cli as train
 from engine.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list, register_config_hook
 from engine.utils.errors import UserError
@@ -97,3 +100,21 @@ def test_base_files_are_merged_first(tmp_path):
     loop = _write(tmp_path / "loop.yaml", "_BASE_: loop.yaml\n")
     with pytest.raises(UserError, match="includes itself"):
         merge_from_file(get_cfg_default(), loop)
+
+
+def test_every_shipped_config_is_within_the_table_of_ranges():
+    """The ranges of engine/config/checks.py admit every config this project ships, under both dataset files."""
+    import glob
+
+    from engine.config import check_config_values
+
+    checked = 0
+    for dataset_yaml in sorted(glob.glob(os.path.join(ROOT, "configs", "datasets", "*.yaml"))):
+        for method_yaml in sorted(glob.glob(os.path.join(ROOT, "configs", "trainers", "**", "*.yaml"), recursive=True)):
+            cfg = get_cfg_default()
+            extend_cfg(cfg)
+            merge_from_file(cfg, dataset_yaml)
+            merge_from_file(cfg, method_yaml)
+            check_config_values(cfg)
+            checked += 1
+    assert checked >= 2 * 20
