@@ -31,7 +31,7 @@ from engine.config import check_config_values, extend_cfg, get_cfg_default, merg
 from engine.data.datasets import build_dataset
 from engine.trainer import build_trainer
 from engine.utils import distributed
-from engine.utils.errors import UserError, run_command
+from engine.utils.errors import UserError, interrupt_on_sigterm, run_command
 from engine.utils.logger import setup_logger
 from engine.utils.output_lock import OutputLock
 from engine.utils.tools import remove_write_leftovers, set_random_seed, temporary_name
@@ -184,8 +184,9 @@ def refuse_trained_output_dir(trainer, output_dir: str) -> None:
     results they would replace (a ``--load-epoch 5`` evaluation in place of the finished run's)."""
     saved = trainer.saved_checkpoints(output_dir)
     if saved:
-        raise UserError(f"--output-dir {output_dir} holds a trained run ({saved[0]}); an evaluation there would replace "
-                        f"its results.json: write the evaluation to another --output-dir (--model-dir reads the run)")
+        raise UserError(f"--output-dir {output_dir} holds a trained run ({saved[0]}); an evaluation there would "
+                        f"replace its results.json: write the evaluation to another --output-dir (--model-dir reads "
+                        f"the run)")
 
 
 def check_writable(folder: str) -> None:
@@ -211,5 +212,10 @@ def parse_load_epoch(value: str | None) -> int | str | None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
-    return run_command(lambda: main(parse_args(argv)))
+    """Run the command with ``argv`` (default: ``sys.argv[1:]``); returns the exit status. SIGTERM ends it as
+    Ctrl-C does (``interrupted``, 130), releasing the output folder's lock on the way."""
+    restore = interrupt_on_sigterm()
+    try:
+        return run_command(lambda: main(parse_args(argv)))
+    finally:
+        restore()

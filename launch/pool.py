@@ -25,9 +25,9 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import IO, Callable, Sequence
+from typing import IO, Sequence
 
-from engine.utils.errors import UserError
+from engine.utils.errors import UserError, interrupt_on_sigterm
 from launch.runs import Run, open_console_log, with_torchrun
 
 STOP_GRACE_S = (10.0, 5.0)  # after SIGINT, after SIGTERM; then SIGKILL
@@ -145,18 +145,6 @@ class _Active:
     started: float
 
 
-def _interrupt_on_sigterm() -> Callable[[], None]:
-    """SIGTERM (a scheduler or ``kill`` stopping this process) handled as Ctrl-C; returns the undo."""
-    def handler(_signum, _frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        return lambda: None
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(process.pid, sig)  # the child leads its own process group (start_new_session)
@@ -197,7 +185,7 @@ def run_pool(runs: Sequence[Run], slots: Sequence[str | None], per_run: int = 1,
     active: list[_Active] = []
     failed: list[Run] = []
     extra_env = cpu_env(len(slots)) if all(s is None for s in slots) else {}
-    restore_sigterm = _interrupt_on_sigterm()
+    restore_sigterm = interrupt_on_sigterm()
 
     def show_progress() -> None:
         now = time.monotonic()

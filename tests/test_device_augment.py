@@ -299,7 +299,8 @@ def test_compiled_apply_with_the_new_transforms_is_one_graph_equal_to_eager(comp
     (("INPUT.RE_SCALE", "(0.3, 0.1)"), r"INPUT.RE_SCALE must be \(low, high\)"),
     (("INPUT.COLORJITTER_H", "0.7"), r"INPUT.COLORJITTER_H must be in \[0, 0.5\]"),
     (("INPUT.COLORJITTER_B", "-0.1"), r"INPUT.COLORJITTER_B must be >= 0"),
-    (("INPUT.AFFINE_TRANSLATE", "(0.05, 1.5)"), r"INPUT.AFFINE_TRANSLATE must be 2 values, each in \[0, 1\], got \(0.05, 1.5\)"),
+    (("INPUT.AFFINE_TRANSLATE", "(0.05, 1.5)"),
+     r"INPUT.AFFINE_TRANSLATE must be 2 values, each in \[0, 1\], got \(0.05, 1.5\)"),
     (("INPUT.AFFINE_SCALE", "(1.1, 0.9)"), r"INPUT.AFFINE_SCALE must be \(low, high\)"),
 ])
 def test_out_of_range_augmentation_parameters_are_a_user_error_on_both_paths(opts, message):

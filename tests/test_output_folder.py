@@ -87,7 +87,8 @@ def checkpoint_files(run) -> list[str]:
 def test_outputs_get_the_umasks_mode(finished_run):
     """(Before the tests that run again into the folder, under the test's own umask.)"""
     expected = 0o666 & ~UMASK
-    for rel in ["config.yaml", "splits.json", "results.json", "log.txt", "metrics.jsonl", *checkpoint_files(finished_run)]:
+    files = ["config.yaml", "splits.json", "results.json", "log.txt", "metrics.jsonl", *checkpoint_files(finished_run)]
+    for rel in files:
         mode = stat.S_IMODE(os.stat(finished_run / rel).st_mode)
         assert mode == expected, f"{rel}: {oct(mode)}, expected {oct(expected)}"
 
@@ -253,3 +254,23 @@ def test_runs_starting_together_get_one_lock(tmp_path, stale_first):
         for lock in locks:
             lock.release()
     assert os.listdir(tmp_path) == []  # no probe or renamed lock left behind
+
+
+def test_sigterm_stops_a_run_and_releases_its_lock(synthetic_root, tmp_path):
+    """A scheduler's SIGTERM (time limit, pre-emption, scancel) ends train.py as Ctrl-C does: exit 130, the lock
+    removed (it used to die on the spot and leave its lock), checkpoints as they were."""
+    import signal
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *map(str, coop_argv(synthetic_root, out)),
+           "OPTIM.MAX_EPOCH", "50", "TRAIN.PRINT_FREQ", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"})
+    log, deadline = out / "log.txt", time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not (log.exists() and "epoch [1/50]" in log.read_text()):
+        time.sleep(0.05)
+    assert (out / LOCK_NAME).exists(), "the run did not start"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert not (out / LOCK_NAME).exists() and not (out / "results.json").exists()

@@ -147,8 +147,8 @@ def test_folder_domain_honours_verify_and_skip_images(synthetic_root, tmp_path, 
         f.write(data[: len(data) // 2])
     code, _, err = _cli(capsys, *_folder_target_argv(root, tmp_path / "a", "my_faces", "DATASET.VERIFY_IMAGES", "True"))
     assert code == 2 and f"cannot read image {bad} of domain 'my_faces'" in err and "SKIP_MISSING_IMAGES" in err, err
-    code, out, err = _cli(capsys, *_folder_target_argv(root, tmp_path / "b", "my_faces", "DATASET.VERIFY_IMAGES", "True",
-                                                     "DATASET.SKIP_MISSING_IMAGES", "True"))
+    code, out, err = _cli(capsys, *_folder_target_argv(root, tmp_path / "b", "my_faces", "DATASET.VERIFY_IMAGES",
+                                                     "True", "DATASET.SKIP_MISSING_IMAGES", "True"))
     assert code == 0, err
     assert "Domain 'my_faces': skipping 1 unreadable image(s)" in out
     assert json.load(open(tmp_path / "b" / "results.json"))["num_test_images"] == 7 * 4 - 1

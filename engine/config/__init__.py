@@ -75,7 +75,8 @@ def merge_from_file(cfg: CfgNode, path: str, _seen: tuple[str, ...] = ()) -> Non
     is merged first, then the file's own keys. Ablation configs are a few lines on top of the main one.
     """
     if os.path.isdir(path):
-        raise UserError(f"config file {path} is a folder; expected a YAML file (such as {path.rstrip(os.sep)}/vit_b32.yaml)")
+        raise UserError(f"config file {path} is a folder; expected a YAML file "
+                        f"(such as {path.rstrip(os.sep)}/vit_b32.yaml)")
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
     if os.path.abspath(path) in _seen:

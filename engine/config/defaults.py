@@ -31,7 +31,7 @@ _C.OUTPUT_DIR = "./output"
 _C.RESUME = ""
 # A run locks OUTPUT_DIR (OUTPUT_DIR/.lock: pid and host) and touches the lock every quarter of this; a lock of
 # another host untouched for this many seconds is taken to be left by a dead run (see engine/utils/output_lock.py)
-_C.OUTPUT_LOCK_STALE_S = 600
+_C.OUTPUT_LOCK_STALE_S = 300
 # Set seed to a negative value to randomize everything; 0 is a valid seed
 _C.SEED = 1
 _C.USE_CUDA = True

@@ -51,8 +51,8 @@ from engine.utils import distributed
 from engine.utils.checkpoint import capture_rng_state, restore_rng_state
 from engine.utils.errors import UserError
 from engine.utils.meters import AverageMeter
-from engine.utils.tools import (COMPILE_MODES, atomic_write_bytes, mkdir_if_missing, set_cudnn_benchmark, set_random_seed,
-                                uses_cuda_graphs)
+from engine.utils.tools import (COMPILE_MODES, atomic_write_bytes, mkdir_if_missing, set_cudnn_benchmark,
+                                set_random_seed, uses_cuda_graphs)
 
 TRAINER_REGISTRY = Registry("TRAINER")
 logger = logging.getLogger(__name__)

@@ -7,6 +7,7 @@ traceback. Raise it with a message that names what was expected and where the pr
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Callable
 
@@ -48,3 +49,18 @@ def run_command(body: Callable[[], object]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def interrupt_on_sigterm() -> Callable[[], None]:
+    """Handle SIGTERM (a scheduler's time limit or pre-emption, ``scancel``, ``kill``) as Ctrl-C: a
+    ``KeyboardInterrupt`` in the main thread, so that ``finally`` blocks run (the output folder's lock is
+    released) before the process ends. Returns the function that puts the previous handler back; outside the
+    main thread it changes nothing."""
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)

@@ -5,15 +5,17 @@ Two runs writing into one folder would interleave ``log.txt`` and ``metrics.json
 checkpoints. ``train.py`` takes the lock before it writes anything and removes it when it ends (by an error
 too); a second run into the folder stops with one line naming the first (pid, host, start time).
 
-A lock outlives a run that was killed (``kill -9``, a crash, a pre-empted job). It is *stale*, and the next
-run takes it over, saying so in its log, when
+A run that Ctrl-C or SIGTERM stops (a scheduler's time limit or pre-emption, ``scancel``) removes its lock on
+the way out (``engine.utils.errors.interrupt_on_sigterm``). A lock outlives a run that was killed (``kill -9``,
+the out-of-memory killer, a crashed node). It is *stale*, and the next run takes it over, saying so in its log,
+when
 
 - its process is gone from this host: the pid does not run here, or runs but started at another time than
   the lock's (the pid was reused by another program). "This host" is the host name and the pid namespace: a
   container sharing the host's name (``--network host``) cannot see the pids of another, so its locks count
   as another host's;
 - it comes from another host and its *heartbeat* stopped: a run keeps touching its lock (every
-  ``OUTPUT_LOCK_STALE_S / 4`` seconds), and one untouched for ``OUTPUT_LOCK_STALE_S`` (default 600 s) is
+  ``OUTPUT_LOCK_STALE_S / 4`` seconds), and one untouched for ``OUTPUT_LOCK_STALE_S`` (default 300 s) is
   taken to be dead. A host cannot see another host's processes, so on a shared file system (NFS, Lustre; a
   job re-queued on another node) this timeout is the only evidence. The ages are measured against the file
   server's clock (the modification times of the lock and of a file just written beside it), not this
@@ -120,7 +122,7 @@ class OutputLock:
 
     # ---------------------------------------------------------------- taking it
     @classmethod
-    def acquire(cls, folder: str, stale_after_s: float = 600.0) -> "OutputLock":
+    def acquire(cls, folder: str, stale_after_s: float = 300.0) -> "OutputLock":
         path = os.path.join(folder, LOCK_NAME)
         me = LockHolder(os.getpid(), HOST, time.strftime("%Y-%m-%d %H:%M:%S"), process_start_time(os.getpid()),
                         PID_NAMESPACE)
@@ -149,7 +151,8 @@ class OutputLock:
                 finally:
                     _remove(probe.path)
             except OSError as e:
-                raise UserError(f"cannot write the lock {path}: {e.strerror or e} (--output-dir / OUTPUT_DIR)") from None
+                raise UserError(f"cannot write the lock {path}: {e.strerror or e} "
+                                f"(--output-dir / OUTPUT_DIR)") from None
             time.sleep(0.02)  # another run is taking over the stale lock: see what it leaves
         raise UserError(f"cannot take the lock {path}: other runs keep taking it; use another --output-dir")
 
