@@ -7,7 +7,10 @@
 - :meth:`CLIPTrainer.encode_images` / :meth:`image_features`: L2-normalised fp32 image features under the
   run's precision, with or without autograd;
 - class text features: fixed prompts through the frozen text encoder (:meth:`fixed_text_features`) or a
-  prompt learner's prompts (:meth:`learned_text_features`);
+  prompt learner's prompts;
+- :meth:`CLIPTrainer.build_clip_network`: the image encoder and the class text features in one module,
+  :attr:`clip` (:class:`~engine.modeling.clip_classifier.CLIPClassifier`), and :attr:`network`, the same as
+  a training step calls it (under torchrun wrapped in DistributedDataParallel);
 - MSP inference: :meth:`model_inference` returns ``softmax(logit_scale * cos(image, class text))`` over the
   seen classes and the evaluator's unseen score is ``1 - max``. A trainer with another classifier
   overrides :meth:`class_probabilities`; one whose text features change as it trains overrides
@@ -25,8 +28,10 @@ import torch.nn.functional as F
 
 from engine.modeling import clip_backbone
 from engine.modeling.clip_backbone import CLIP
+from engine.modeling.clip_classifier import CLIPClassifier
 from engine.modeling.clip_text import PromptLearner, encode_sentences
 from engine.trainer.trainer import SimpleTrainer
+from engine.utils import distributed
 from engine.utils.tools import compiled
 
 
@@ -38,6 +43,8 @@ class CLIPTrainer(SimpleTrainer):
     encoder: Callable[[torch.Tensor], torch.Tensor]
     text_encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # set by trainers that learn prompts
     class_text_features: torch.Tensor  # (K, D), set by trainers whose class prompts are fixed
+    clip: CLIPClassifier  # set by build_clip_network
+    network: torch.nn.Module  # clip as a training step calls it
 
     @property
     def classnames(self) -> list[str]:
@@ -81,20 +88,24 @@ class CLIPTrainer(SimpleTrainer):
             return per_template[0]
         return F.normalize(torch.stack(per_template).mean(0), dim=-1)
 
-    def learned_text_features(self, prompt_learner: PromptLearner) -> torch.Tensor:
-        """``(K, D)`` L2-normalised fp32 features of a prompt learner's prompts through :attr:`text_encoder`
-        (CLIP's frozen text transformer), under the run's precision; gradients reach the learned vectors."""
-        with self.autocast():
-            features = self.text_encoder(prompt_learner(), prompt_learner.tokenized_prompts)
-        return F.normalize(features.float(), dim=-1)
+    def build_clip_network(self, class_text: torch.Tensor | PromptLearner) -> CLIPClassifier:
+        """Set :attr:`clip`, the image encoder as called (:attr:`encoder`) and the class text features of
+        ``class_text`` (fixed features, or a prompt learner's prompts through :attr:`text_encoder`) in one module,
+        and :attr:`network`, that module as a training step calls it: wrapped in DistributedDataParallel under
+        torchrun (:func:`engine.utils.distributed.data_parallel`). Call it when the trained parameters are set."""
+        self.clip = CLIPClassifier(self.encoder, class_text, getattr(self, "text_encoder", None), self.use_bf16)
+        self.network = distributed.data_parallel(self.clip, self.device)
+        return self.clip
 
     def text_features(self) -> torch.Tensor:
         """``(K, D)`` the class text features of the classifier: :attr:`class_text_features` unless overridden."""
         return self.class_text_features
 
-    def class_logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        """``logit_scale * cos(image, class text)``, ``(N, K)``."""
-        return self.logit_scale * image_features @ self.text_features().t()
+    def class_logits(self, image_features: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        """``logit_scale * cos(image, class text)``, ``(N, K)``; the class text features are :meth:`text_features`
+        unless given."""
+        text_features = self.text_features() if text_features is None else text_features
+        return self.logit_scale * image_features @ text_features.t()
 
     def class_probabilities(self, image_features: torch.Tensor) -> torch.Tensor:
         """Seen-class probabilities ``(N, K)`` of normalised image features."""
