@@ -16,6 +16,7 @@ from engine.config import register_config_hook
 from engine.modeling.mmd import multi_source_mmd_by_domain
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, CLIPTrainer, TrainerXU
+from engine.utils.distributed import gather_rows
 
 
 @register_config_hook
@@ -34,7 +35,8 @@ class Baseline(CLIPTrainer, TrainerXU):
         cfg = self.cfg
         clip_model = self.load_clip()
         self.class_text_features = self.fixed_text_features(clip_model, [cfg.TRAINER.BASELINE.TEMPLATE])
-        self.model = clip_model.visual
+        self.model = clip_model.visual  # registered and saved: the trained part
+        self.build_clip_network(self.class_text_features)
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("model", self.model, self.optim, self.sched)
@@ -43,9 +45,12 @@ class Baseline(CLIPTrainer, TrainerXU):
         c = self.cfg.TRAINER.BASELINE
         input_x, label_x, input_u = self.parse_batch_train(batch_x, batch_u)
         domain_x = self.to_device(batch_x["domain"])
-        features = self.encode_images(torch.cat([input_x, input_u]))
+        features, text_features = self.network(torch.cat([input_x, input_u]))
         f_s, f_t = features[: input_x.shape[0]], features[input_x.shape[0]:]
-        loss_ce = F.cross_entropy(self.class_logits(f_s), label_x)
+        # The MMD couples the samples: under torchrun it takes every rank's rows (and so does the cross-entropy,
+        # so that every rank computes the one-process loss of the global batch).
+        f_s, f_t, label_x, domain_x = (gather_rows(t) for t in (f_s, f_t, label_x, domain_x))
+        loss_ce = F.cross_entropy(self.class_logits(f_s, text_features), label_x)
         loss_mmd = multi_source_mmd_by_domain(f_s, domain_x, f_t, self.num_source_domains, c.MMD_MULTIPLIERS)
         loss = loss_ce + c.GAMMA * loss_mmd
         self.model_backward_and_update(loss)

@@ -35,17 +35,20 @@ class CoOp(CLIPTrainer, TrainerX):
         self.prompt_learner = PromptLearner(clip_model, [f"{n}." for n in self.classnames], n_ctx=c.N_CTX,
                                             class_specific=c.CSC, position=c.CLASS_TOKEN_POSITION,
                                             names=self.classnames, init_words=c.CTX_INIT).to(self.device)
+        self.build_clip_network(self.prompt_learner)  # the frozen encoders and the prompts, in one module
         self.optim = build_optimizer(self.prompt_learner, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("prompt_learner", self.prompt_learner, self.optim, self.sched)
 
     def text_features(self) -> torch.Tensor:
-        return self.learned_text_features(self.prompt_learner)
+        return self.clip.text_features()
 
     def forward_backward(self, batch: dict) -> dict[str, torch.Tensor]:
         image, label = self.parse_batch_train(batch)
-        features = self.image_features(image)  # the image encoder is frozen: no graph through it
-        logits = self.class_logits(features)
+        # the image encoder is frozen: no graph through it. The cross-entropy is a mean over the batch, coupling no
+        # samples: under torchrun each rank's mean over its share, whose gradients DDP averages (no gather).
+        features, text_features = self.network(image)
+        logits = self.class_logits(features, text_features)
         loss = F.cross_entropy(logits, label)
         self.model_backward_and_update(loss)
         return {"loss": loss.detach(), "acc": (logits.argmax(-1) == label).float().mean() * 100}

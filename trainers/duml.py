@@ -57,7 +57,10 @@ keeps the epoch best on the target's test set (an oracle); here, as for every me
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -69,6 +72,8 @@ from engine.modeling.blocks import ArcFace, GradientReversal, QuadrantBranches, 
 from engine.modeling.resnet import ResNetTrunk, build_resnet_trunk, scaled, width_scale
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
+from engine.utils import distributed
+from engine.utils.distributed import gather_rows
 from engine.utils.errors import UserError
 from engine.utils.tools import compiled
 from trainers import duml_losses as L
@@ -135,6 +140,94 @@ class DUMLNet(nn.Module):
         return features, self.classifiers[d](features), self.discriminators[d](self.grl(features))
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """What :class:`DUMLStep` reads from ``TRAINER.DUML``, as plain values."""
+
+    loss_weights: dict[str, float]
+    confidence: float
+    temperature: float
+    ema_beta: float
+    entropy_ref: float
+    entropy_coef: float
+
+
+class DUMLStep(nn.Module):
+    """DUML's training step in one module: the network on a step's source and target batch, then the reconstructed
+    objective (see the module docstring). ``forward`` returns the loss, its terms, the prototypes after the batch
+    (not yet stored: the trainer stores them after the update) and the pseudo-label statistics.
+
+    ``stem`` and ``fusion_head`` are the network's stem and fusion head as called (compiled under MODEL.COMPILE);
+    the source branches run eagerly. Under torchrun every term takes every rank's rows (:func:`gather_rows`): the
+    per-source means, the pseudo-label weights over the target batch, the prototypes' class means, so that the
+    loss and the prototypes are the one-process ones of the global batch. The forward returns the loss, not
+    features, so that DDP finds the parameters a step leaves without gradient from it (``find_unused_parameters``).
+    """
+
+    def __init__(self, net: DUMLNet, stem: nn.Module, fusion_head: Callable[[torch.Tensor], torch.Tensor],
+                 settings: StepSettings, bf16: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.stem = stem
+        self.fusion_head = fusion_head
+        self.settings = settings
+        self.bf16 = bf16
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def forward(self, input_x: torch.Tensor, label_x: torch.Tensor, domain_x: torch.Tensor, input_u: torch.Tensor,
+                rows: list[torch.Tensor], counts: list[list[int]]) -> dict:
+        """``rows[d]``: the indices of source ``d``'s rows in ``input_x``; ``counts[r][d]``: rank ``r``'s number of
+        them (:func:`engine.utils.distributed.gather_counts`)."""
+        s, net, device = self.settings, self.net, input_x.device
+        n_s, n_t = input_x.shape[0], input_u.shape[0]
+        target_rows = torch.arange(n_s, n_s + n_t, device=device)
+        with self.autocast(device):
+            maps = self.stem(torch.cat([input_x, input_u]))
+            fusion_logits = self.fusion_head(maps).float()
+            domain_logits = net.domain_logits(maps[:n_s]).float()
+        zero = maps.new_zeros((), dtype=torch.float32)
+        l_ce = l_arc = l_disc = zero
+        features_t, logits_t, disc_t = [], [], []
+        for d, rows_d in enumerate(rows):
+            with self.autocast(device):
+                features, logits, disc = net.branch(d, maps.index_select(0, torch.cat([rows_d, target_rows])))
+            features, logits, disc = features.float(), logits.float(), disc.float()
+            k = rows_d.numel()  # a shape, known on the host
+            source_counts = [per_rank[d] for per_rank in counts]
+            disc_target = gather_rows(disc[k:])
+            if sum(source_counts):
+                labels_d = gather_rows(label_x.index_select(0, rows_d), source_counts)
+                features_d = gather_rows(features[:k], source_counts)
+                l_ce = l_ce + F.cross_entropy(gather_rows(logits[:k], source_counts), labels_d)
+                l_arc = l_arc + F.cross_entropy(net.arcface(features_d, labels_d), labels_d)
+                l_disc = l_disc + L.discriminator_loss(gather_rows(disc[:k], source_counts), disc_target)
+            features_t.append(gather_rows(features[k:]))
+            logits_t.append(gather_rows(logits[k:]))
+            disc_t.append(disc_target)
+
+        features_t = torch.stack(features_t)  # (M, N_t, C)
+        p_tilde, branch_weights = L.pseudo_labels(torch.stack(logits_t), torch.stack(disc_t), net.domain_counts,
+                                                  s.entropy_ref, s.entropy_coef)
+        confidence, pseudo = p_tilde.max(dim=-1)
+        keep = (confidence >= s.confidence).float()
+        prototypes = L.ema_prototypes(net.prototypes, features_t, pseudo, keep, s.ema_beta)
+        terms = {
+            "ce": l_ce,
+            "arcface": l_arc,
+            "fusion": F.cross_entropy(gather_rows(fusion_logits[:n_s]), gather_rows(label_x)),
+            "discriminator": l_disc,
+            "domain": F.cross_entropy(gather_rows(domain_logits), gather_rows(domain_x)),
+            "local": L.local_loss(prototypes, features_t, pseudo, keep),
+            "kl": L.kl_to_pseudo_labels(gather_rows(fusion_logits[n_s:]), p_tilde, s.temperature),
+        }
+        return {"loss": L.total_loss(terms, s.loss_weights), "terms": terms, "prototypes": prototypes,
+                "pseudo_share": keep.mean(), "branch_weights": branch_weights}
+
+
 @TRAINER_REGISTRY.register()
 class DUML(TrainerXU):
     """DUML on labelled sources and the unlabelled target; MSP of the fusion head (see module docstring)."""
@@ -180,6 +273,12 @@ class DUML(TrainerXU):
         self.optim = build_optimizer(self.model, cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("model", self.model, self.optim, self.sched)
+        settings = StepSettings(self.loss_weights, c.CONFIDENCE, c.TEMPERATURE, c.EMA_BETA, c.ENTROPY_REF,
+                                c.ENTROPY_COEF)
+        # A source absent from a batch leaves its classifier and discriminator without gradient in that step: DDP
+        # must look for such parameters, from the loss the step's forward returns.
+        self.network = distributed.data_parallel(DUMLStep(self.model, self.stem, self.fusion_head, settings,
+                                                          self.use_bf16), self.device, find_unused_parameters=True)
 
     def training_progress(self) -> float:
         """Share of the training steps done, in [0, 1] (0 outside the epoch loop)."""
@@ -197,55 +296,18 @@ class DUML(TrainerXU):
         input_x, label_x, input_u = self.parse_batch_train(batch_x, batch_u)
         domain_x = self.to_device(batch_x["domain"])
         rows = self.source_rows(batch_x["domain"])
-        n_s, n_t = input_x.shape[0], input_u.shape[0]
-        target_rows = torch.arange(n_s, n_s + n_t, device=self.device)
+        counts = distributed.gather_counts([r.numel() for r in rows])  # every rank's rows of each source
         net.grl.alpha = c.GRL_ALPHA * L.grl_alpha(self.training_progress(), c.GRL_GAMMA)
-
-        with self.autocast():
-            maps = self.stem(torch.cat([input_x, input_u]))
-            fusion_logits = self.fusion_head(maps).float()
-            domain_logits = net.domain_logits(maps[:n_s]).float()
-        zero = maps.new_zeros((), dtype=torch.float32)
-        l_ce = l_arc = l_disc = zero
-        features_t, logits_t, disc_t = [], [], []
-        for d, rows_d in enumerate(rows):
-            with self.autocast():
-                features, logits, disc = net.branch(d, maps.index_select(0, torch.cat([rows_d, target_rows])))
-            features, logits, disc = features.float(), logits.float(), disc.float()
-            k = rows_d.numel()  # a shape, known on the host
-            if k:
-                labels_d = label_x.index_select(0, rows_d)
-                l_ce = l_ce + F.cross_entropy(logits[:k], labels_d)
-                l_arc = l_arc + F.cross_entropy(net.arcface(features[:k], labels_d), labels_d)
-                l_disc = l_disc + L.discriminator_loss(disc[:k], disc[k:])
-            features_t.append(features[k:])
-            logits_t.append(logits[k:])
-            disc_t.append(disc[k:])
-
-        features_t = torch.stack(features_t)  # (M, N_t, C)
-        p_tilde, branch_weights = L.pseudo_labels(torch.stack(logits_t), torch.stack(disc_t), net.domain_counts,
-                                                  c.ENTROPY_REF, c.ENTROPY_COEF)
-        confidence, pseudo = p_tilde.max(dim=-1)
-        keep = (confidence >= c.CONFIDENCE).float()
-        prototypes = L.ema_prototypes(net.prototypes, features_t, pseudo, keep, c.EMA_BETA)
-        terms = {
-            "ce": l_ce,
-            "arcface": l_arc,
-            "fusion": F.cross_entropy(fusion_logits[:n_s], label_x),
-            "discriminator": l_disc,
-            "domain": F.cross_entropy(domain_logits, domain_x),
-            "local": L.local_loss(prototypes, features_t, pseudo, keep),
-            "kl": L.kl_to_pseudo_labels(fusion_logits[n_s:], p_tilde, c.TEMPERATURE),
-        }
-        loss = L.total_loss(terms, self.loss_weights)
+        out = self.network(input_x, label_x, domain_x, input_u, rows, counts)
+        loss, terms = out["loss"], out["terms"]
         self.model_backward_and_update(loss)
         with torch.no_grad():
             # A non-finite batch (skipped under TRAIN.ON_NONFINITE skip) must not poison the prototypes for good.
-            prototypes = prototypes.detach()
+            prototypes = out["prototypes"].detach()
             net.prototypes.copy_(torch.where(torch.isfinite(prototypes).all(), prototypes, net.prototypes))
         summary = {"loss": loss.detach(), **{f"loss_{name}": value.detach() for name, value in terms.items()},
-                   "pseudo_share": keep.mean()}
-        summary.update({f"branch_weight_{d}": w for d, w in enumerate(branch_weights)})
+                   "pseudo_share": out["pseudo_share"]}
+        summary.update({f"branch_weight_{d}": w for d, w in enumerate(out["branch_weights"])})
         return summary
 
     @torch.no_grad()

@@ -37,6 +37,8 @@ from engine.modeling.mmd import DEFAULT_MULTIPLIERS
 from engine.modeling.resnet import build_resnet_trunk, scaled, width_scale
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
+from engine.utils import distributed
+from engine.utils.distributed import gather_rows
 from engine.utils.tools import compiled
 from trainers import lacmfer_losses as L
 
@@ -73,10 +75,24 @@ class LACMFERNet(nn.Module):
         self.head_l = nn.Linear(self.local_branch.out_features, num_classes)
         self.feature_dim = c1024
 
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, *batches: torch.Tensor) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], ...]:
+        """Features and logits ``{"f_g", "z_g", "f_l", "z_l"}`` of a batch of images; given several batches (a
+        step's source and target batch), one dict per batch, each batch through the network on its own (in
+        training, with its own batch-norm statistics, as the original does), in one call."""
+        outputs = tuple(self.forward_one(images) for images in batches)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def forward_one(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(images)
         f_g, f_l = self.global_branch(x), self.local_branch(x)
         return {"f_g": f_g, "z_g": self.head_g(f_g), "f_l": f_l, "z_l": self.head_l(f_l)}
+
+
+def _float(outputs):
+    """Every tensor of an output dict (or of a tuple of them) in fp32."""
+    if isinstance(outputs, tuple):
+        return tuple(_float(out) for out in outputs)
+    return {name: value.float() for name, value in outputs.items()}
 
 
 @TRAINER_REGISTRY.register()
@@ -87,7 +103,6 @@ class LACMFER(TrainerXU):
         cfg, c = self.cfg, self.cfg.TRAINER.LACMFER
         stem = build_resnet_trunk(cfg, upto="layer2")
         self.model = LACMFERNet(stem, self.num_classes, width_scale(cfg), int(c.QUADRANT_BRANCHES)).to(self.device)
-        self.network = compiled(self.model, cfg)  # registered and saved as self.model: plain checkpoint keys
         self.loss_settings = L.LossSettings(
             label_smoothing=c.LABEL_SMOOTHING, align_weight=c.ALIGN_WEIGHT, cluster_weight=c.CLUSTER_WEIGHT,
             mcc_weight=c.MCC_WEIGHT, pseudo_weight=c.PSEUDO_WEIGHT, confidence=c.CONFIDENCE,
@@ -100,12 +115,20 @@ class LACMFER(TrainerXU):
         self.optim = build_optimizer(None, cfg.OPTIM, param_groups=groups)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("model", self.model, self.optim, self.sched)
+        self.net = self.build_net()
+        self.network = distributed.data_parallel(self.net, self.device)
 
-    def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network's features and logits, under the run's precision; fp32 out."""
+    def build_net(self) -> nn.Module:
+        """What the trainer calls, in training and in inference: the network, compiled under MODEL.COMPILE
+        (registered and saved as :attr:`model`: plain checkpoint keys). A step calls it through :attr:`network`."""
+        return compiled(self.model, self.cfg)
+
+    def outputs(self, *batches: torch.Tensor) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], ...]:
+        """The network's features and logits of each batch (:meth:`LACMFERNet.forward`), under the run's precision;
+        fp32 out."""
         with self.autocast():
-            out = self.network(images)
-        return {k: v.float() for k, v in out.items()}
+            out = self.net(*batches)
+        return _float(out)
 
     def step_losses(self, out_s: dict[str, torch.Tensor], out_t: dict[str, torch.Tensor],
                     labels_s: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -113,7 +136,12 @@ class LACMFER(TrainerXU):
 
     def forward_backward(self, batch_x: dict, batch_u: dict) -> dict[str, torch.Tensor]:
         input_x, label_x, input_u = self.parse_batch_train(batch_x, batch_u)
-        losses = self.step_losses(self.outputs(input_x), self.outputs(input_u), label_x)
+        with self.autocast():
+            out_s, out_t = _float(self.network(input_x, input_u))
+        # The weighted MMD, the class-cluster term, MCC and the pseudo-label mean couple the samples: under torchrun
+        # every rank computes every term on every rank's rows (the one-process losses of the global batch).
+        out_s, out_t = ({name: gather_rows(value) for name, value in out.items()} for out in (out_s, out_t))
+        losses = self.step_losses(out_s, out_t, gather_rows(label_x))
         self.model_backward_and_update(losses["loss"])
         return {name: value.detach() for name, value in losses.items()}
 

@@ -25,9 +25,11 @@ from yacs.config import CfgNode as CN
 
 from datasets.classes import CANONICAL_CLASSES, canonical_name
 from engine.config import register_config_hook
+from engine.modeling.clip_classifier import CLIPClassifier
 from engine.modeling.clip_text import PromptLearner, TextEncoder, encode_sentences
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, CLIPTrainer, TrainerXU
+from engine.utils.distributed import gather_rows
 from engine.utils.errors import UserError
 from engine.utils.tools import compiled
 from trainers import promptemo_losses as L
@@ -96,7 +98,9 @@ def load_descriptions(path: str, classnames: list[str]) -> list[str]:
 
 class PromptEmoNet(nn.Module):
     """What PromptEmo trains and saves: the CLIP image encoder and the positive prompt learner.
-    The frozen text encoder and the negative features live beside it (rebuilt from the backbone)."""
+    The frozen text encoder and the negative features live beside it (rebuilt from the backbone); a training step
+    calls both trained parts through the trainer's :attr:`~PromptEmo.clip` (image encoder as called, the prompts
+    through the text encoder, in one module)."""
 
     def __init__(self, image_encoder: nn.Module, prompt_learner: PromptLearner) -> None:
         super().__init__()
@@ -135,7 +139,11 @@ class PromptEmo(CLIPTrainer, TrainerXU):
         # Frozen encoder, fixed sentences: h_N is a constant, computed once.
         neg_sentences = [c.NEG_TEMPLATE.format(n) for n in classnames]
         self.neg_features = encode_sentences(clip_model, neg_sentences, self.device)
-        self._fixed_pos_features = None if n_ctx else self.positive_features().detach()
+        positive = prompt_learner
+        if not n_ctx:  # fixed positive prompts (Table 4 A-C): h_P is a constant as well
+            with torch.no_grad():
+                positive = CLIPClassifier(self.encoder, prompt_learner, self.text_encoder,
+                                          self.use_bf16).text_features()
         self.neg_scale = c.NEG_SCALE if c.NEG_SCALE > 0 else self.logit_scale / 2
         self.loss_settings = L.LossSettings(
             num_sources=self.num_source_domains, logit_scale=self.logit_scale, neg_scale=self.neg_scale, tau=c.TAU,
@@ -152,15 +160,14 @@ class PromptEmo(CLIPTrainer, TrainerXU):
             groups.append({"params": list(prompt_learner.parameters()), "lr": c.PROMPT_LR})
         if not groups:
             raise UserError("PromptEmo has nothing to train: FINETUNE_VISUAL is off and the prompts are fixed")
+        self.build_clip_network(positive)  # image encoder and positive prompts in one module
         self.optim = build_optimizer(None, cfg.OPTIM, param_groups=groups)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("model", self.model, self.optim, self.sched)
 
     def positive_features(self) -> torch.Tensor:
         """h_P: the positive prompts through the frozen text encoder, normalised (K, D)."""
-        if getattr(self, "_fixed_pos_features", None) is not None:
-            return self._fixed_pos_features
-        return self.learned_text_features(self.model.prompt_learner)
+        return self.clip.text_features()
 
     def text_features(self) -> torch.Tensor:
         return self.positive_features()
@@ -171,10 +178,12 @@ class PromptEmo(CLIPTrainer, TrainerXU):
 
     def forward_backward(self, batch_x: dict, batch_u: dict) -> dict[str, torch.Tensor]:
         input_x, label_x, domain_x, input_u = self.parse_batch_train(batch_x, batch_u)
-        features = self.encode_images(torch.cat([input_x, input_u]))
+        features, h_p = self.network(torch.cat([input_x, input_u]))
         f_s, f_t = features[: input_x.shape[0]], features[input_x.shape[0]:]
-        losses = self.step_losses(f_s, f_t, label_x, domain_x, self.positive_features(), self.neg_features,
-                                  self.loss_settings)
+        # L_LDA, the per-source means of L_PS / L_NS and the target terms' batch mean couple the samples: under
+        # torchrun every rank computes them on every rank's rows (the one-process losses of the global batch).
+        f_s, f_t, label_x, domain_x = (gather_rows(t) for t in (f_s, f_t, label_x, domain_x))
+        losses = self.step_losses(f_s, f_t, label_x, domain_x, h_p, self.neg_features, self.loss_settings)
         self.model_backward_and_update(losses["loss"])
         return {name: value.detach() for name, value in losses.items()}
 

@@ -218,7 +218,6 @@ class TrainerBase:
     def model_update(self, names: str | list[str] | None = None) -> None:
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
-                distributed.average_gradients(self._models[name].parameters())
                 self._optims[name].step()
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -228,8 +227,10 @@ class TrainerBase:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def model_backward_and_update(self, loss: torch.Tensor, names: str | list[str] | None = None) -> None:
-        if getattr(self, "skip_nonfinite", False) and not bool(torch.isfinite(loss.detach()).all()):
-            # TRAIN.ON_NONFINITE skip: this check reads the loss back at every step (a synchronisation).
+        if getattr(self, "skip_nonfinite", False) and \
+                not distributed.all_ranks_agree(bool(torch.isfinite(loss.detach()).all())):
+            # TRAIN.ON_NONFINITE skip: this check reads the loss back at every step (a synchronisation); under
+            # torchrun every rank skips when one must, or the others would wait in DDP's gradient reduction.
             self.skipped_steps += 1
             logger.warning("Skipping a step with a non-finite loss (%d skipped so far)", self.skipped_steps)
             self.model_zero_grad(names)

@@ -23,8 +23,9 @@ Conventions of this project, on top of Dassl's:
   augmentations as one that never stopped.
 - Encoders run under ``self.autocast()`` (bf16 where ``TRAIN.PRECISION`` asks for it); trainers
   keep similarities, losses and probabilities in fp32.
-- Under torchrun, gradients are averaged over ranks in ``model_update`` and predictions gathered in
-  evaluation (``engine.utils.distributed``); only rank 0 writes.
+- Under torchrun, a trainer's step calls its trained parts through DistributedDataParallel, which averages
+  the gradients over ranks, losses that couple samples take every rank's rows, and predictions are gathered
+  in evaluation (``engine.utils.distributed``); only rank 0 writes.
 """
 from __future__ import annotations
 

@@ -69,22 +69,6 @@ def shard_batch_size(batch_size: int) -> int:
     return batch_size // n
 
 
-def average_gradients(parameters) -> None:
-    """All-reduce the gradients of ``parameters`` and divide by the number of ranks."""
-    if world_size() == 1:
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset: offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def broadcast_parameters(modules) -> None:
     """Make every rank start from rank 0's weights (and buffers)."""
     if world_size() == 1:
