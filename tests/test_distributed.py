@@ -139,3 +139,23 @@ def test_two_processes_compute_the_one_process_step_of_every_trainer(synthetic_r
                     worst[kind] = max(worst[kind], relative)
     print(f"2 processes vs 1, largest differences (relative: to the loss, to each tensor's largest "
           f"entry): {worst}; both runs took {elapsed:.1f} s")
+
+
+def test_a_training_split_smaller_than_a_batch_must_split_evenly_over_the_processes(monkeypatch):
+    """Under torchrun a training split smaller than its batch size is one partial batch, whose rank shares must be
+    equal (the coupled losses gather them): refused, with the batch size to use, when they are not."""
+    from engine.config import get_cfg_default
+    from engine.data import data_manager
+    from engine.data.datasets import Datum
+    from engine.utils import distributed
+    from engine.utils.errors import UserError
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    cfg = get_cfg_default()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    items = [Datum(f"{i}.png", 0, 0) for i in range(11)]
+    with pytest.raises(UserError, match="train_x split has 11 images, fewer than its batch size 24 and not divisible "
+                                        "by the 2 processes: .* at most 10"):
+        data_manager.build_data_loader(cfg, "RandomSampler", items, 24, split="train_x")
+    assert data_manager.build_data_loader(cfg, "RandomSampler", items[:10], 24).batch_size == 12  # even shares
+    assert data_manager.build_data_loader(cfg, "RandomSampler", items, 8).drop_last  # full batches only

@@ -109,6 +109,13 @@ def build_data_loader(cfg, sampler_type: str, data_source: Sequence[Datum], batc
                             rank=distributed.rank(), world=distributed.world_size())
     drop_last = is_train and len(data_source) >= batch_size
     if is_train:
+        world = distributed.world_size()
+        if not drop_last and len(data_source) % world:
+            # a training set smaller than one batch makes one partial batch; the losses that couple samples gather
+            # every rank's share of it, which must be equal
+            raise UserError(f"the {split} split has {len(data_source)} images, fewer than its batch size {batch_size} "
+                            f"and not divisible by the {world} processes: set its DATALOADER batch size to at most "
+                            f"{len(data_source) - len(data_source) % world}")
         batch_size = distributed.shard_batch_size(batch_size)
     if cfg.DATALOADER.CACHE.ENABLED:
         if dataset_wrapper is not None:
