@@ -138,7 +138,7 @@ class _GatherRows(torch.autograd.Function):
 def gather_rows(tensor: torch.Tensor, counts: Sequence[int] | None = None) -> torch.Tensor:
     """Every rank's rows of ``tensor``, concatenated in rank order, with the gradient flowing back to the rows this
     rank computed: what a loss that couples the samples of a batch takes, so that N processes compute the loss of
-    the whole global batch, the one one process computes. In one process: ``tensor`` itself.
+    the whole global batch, as one process does. In one process: ``tensor`` itself.
 
     ``counts``: every rank's number of rows, in rank order (:func:`gather_counts`); by default every rank holds as
     many rows as this one, as the training batches do (every global batch is shared equally). The rows come rank
