@@ -123,11 +123,10 @@ class LACMFER(TrainerXU):
         (registered and saved as :attr:`model`: plain checkpoint keys). A step calls it through :attr:`network`."""
         return compiled(self.model, self.cfg)
 
-    def outputs(self, *batches: torch.Tensor) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], ...]:
-        """The network's features and logits of each batch (:meth:`LACMFERNet.forward`), under the run's precision;
-        fp32 out."""
+    def outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The network's features and logits, under the run's precision; fp32 out."""
         with self.autocast():
-            out = self.net(*batches)
+            out = self.net(images)
         return _float(out)
 
     def step_losses(self, out_s: dict[str, torch.Tensor], out_t: dict[str, torch.Tensor],
