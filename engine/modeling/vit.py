@@ -30,6 +30,7 @@ work, as for CLIP's ViT (:mod:`engine.modeling.clip_backbone`). ``MODEL.PATCH_EM
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -173,7 +174,9 @@ def read_dino_weights(path: str) -> dict[str, torch.Tensor]:
         raise UserError(f"ViT weights file not found: {path} (MODEL.BACKBONE.WEIGHTS)")
     try:
         # a full DINO checkpoint also holds its argparse arguments: allowed, nothing else but tensors and builtins
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        # (torch < 2.5 has no safe_globals: such a checkpoint is then refused, DINO's backbone file still loads)
+        allow = getattr(torch.serialization, "safe_globals", None)
+        with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or foreign file raises many types; all mean the same to a user
         reason = " ".join(str(e).split())[:160]
