@@ -260,7 +260,7 @@ def test_learns_end_to_end_and_scores_by_nearest_neighbour(learnable_root, tmp_p
     t.train()
     results = json.load(open(tmp_path / "results.json"))
     assert results["trainer"] == "NENO" and results["unseen_score"] == "nn_similarity"
-    # 120 seen test images: chance is 16.7 +- 3.4; measured 33.3 (seeds 1, 2)
+    # 120 seen test images: chance is 16.7 +- 3.4; measured 29.2, 36.7, 28.3 (seeds 1-3; 10 epochs: 19-33)
     assert results["metrics"]["acc_s"] > CHANCE_ACC_S + 8
 
     t.set_model_mode("eval")
