@@ -216,8 +216,24 @@ class DataManager:
         warn_undefined_metrics(dataset.test or [], dataset.num_classes, self.split_info)
         self.tfm_train = tfm_train
         self.tfm_test = tfm_test
+        self._cfg, self._fast, self._dataset_wrapper = cfg, fast, dataset_wrapper
         if cfg.VERBOSE:
             self.show_dataset_summary(cfg)
+
+    def labelled_eval_loader(self):
+        """The labelled training images (``train_x``) in order with the test transform, batches of
+        ``DATALOADER.TEST.BATCH_SIZE`` (each process its share, as the test loader): for methods that compare test
+        images with the training images (a nearest-neighbour feature bank). On the fast path it shares the training
+        loader's decoded images and their copy on the device (:meth:`CachedLoader.sibling`)."""
+        cfg, items = self._cfg, self.dataset.train_x
+        if not items:
+            raise UserError(f"dataset {cfg.DATASET.NAME} has no labelled training images")
+        batch_size = cfg.DATALOADER.TEST.BATCH_SIZE
+        if self._fast is None:
+            return build_data_loader(cfg, "SequentialSampler", items, batch_size, tfm=self.tfm_test, is_train=False,
+                                     dataset_wrapper=self._dataset_wrapper, seed=cfg.SEED, split="train_x")
+        sampler = build_sampler("SequentialSampler", items, rank=distributed.rank(), world=distributed.world_size())
+        return self.train_loader_x.sibling(sampler, batch_size, self._fast.augment(False), seed=cfg.SEED)
 
     @property
     def num_classes(self) -> int:

@@ -23,6 +23,7 @@ device once per pass, and labels and domains are gathered there.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import queue
@@ -148,6 +149,17 @@ class CachedLoader:
     @property
     def on_device(self) -> bool:
         return self.images_on_device is not None
+
+    def sibling(self, sampler: Sampler, batch_size: int, augment: DeviceAugment, seed: int = 0) -> "CachedLoader":
+        """A loader over the same images in ``sampler``'s order with ``augment`` (one view, no ``img0``, the last
+        batch kept), sharing this one's arrays, its copy on the device included: the training images evaluated,
+        say, without a second copy of them on the device."""
+        other = copy.copy(self)
+        other.sampler, other.batch_size, other.augment, other.drop_last = sampler, batch_size, augment, False
+        other.k_transforms, other.img0_augment = 1, None
+        other.generator = torch.Generator(device=self.device)
+        other.generator.manual_seed(seed)
+        return other
 
     def __len__(self) -> int:
         n = len(self.sampler)
