@@ -29,6 +29,11 @@ words do not fix is **ours**, and configurable (``TRAINER.NENO.*``):
 - the similarity search never holds more than ``MAX_SIMILARITY_ELEMENTS`` similarities at once: the test batch
   is cut into query chunks and the bank into bank chunks, keeping a running per-class maximum and top-k;
 - the last epoch is evaluated (no model selection on the target).
+
+Under torchrun (the README's "same step on many GPUs"): a step calls :class:`NENONet` once, through
+``data_parallel``; the contrastive loss, the MMD and, so that every rank holds the same loss terms (a non-finite one
+stops or skips every rank alike), the head's cross-entropy take every rank's rows (``gather_rows``); the feature
+bank holds every rank's share of the source images.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from engine.modeling.vit import build_vit, is_vit_name
 from engine.optim import build_lr_scheduler, build_optimizer
 from engine.trainer import TRAINER_REGISTRY, TrainerXU
 from engine.utils import distributed
+from engine.utils.distributed import gather_rows
 from engine.utils.errors import UserError
 from engine.utils.tools import compiled
 from trainers import neno_losses as L
@@ -159,7 +165,8 @@ class NENO(TrainerXU):
         cfg, c = self.cfg, self.cfg.TRAINER.NENO
         self.UNSEEN_SCORE = KNOWNNESS_SCORES[c.KNOWNNESS]
         self.model = NENONet(build_backbone(cfg), self.num_classes).to(self.device)
-        self.network = compiled(self.model, cfg)  # registered and saved as self.model: plain checkpoint keys
+        self.net = compiled(self.model, cfg)  # registered and saved as self.model: plain checkpoint keys
+        self.network = distributed.data_parallel(self.net, self.device)  # what a step calls
         self.loss_settings = L.LossSettings(
             temperature=float(c.TEMPERATURE), ce_weight=float(c.CE_WEIGHT), mmd_weight=float(c.MMD_WEIGHT),
             num_sources=self.num_source_domains, mmd_per_source=bool(c.MMD_PER_SOURCE),
@@ -174,16 +181,23 @@ class NENO(TrainerXU):
         self.feature_bank: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, labels) during test()
 
     def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised features and head logits, the network under the run's precision; fp32 out."""
+        """Normalised features and head logits, the network under the run's precision; fp32 out (inference: the
+        network itself, outside DistributedDataParallel)."""
         with self.autocast():
-            return self.network(images)
+            return self.net(images)
 
     def forward_backward(self, batch_x: dict, batch_u: dict) -> dict[str, torch.Tensor]:
         input_x, label_x, input_u = self.parse_batch_train(batch_x, batch_u)
         domain_x = self.to_device(batch_x["domain"])
-        features, logits = self.outputs(torch.cat([input_x, input_u]))
+        with self.autocast():
+            features, logits = self.network(torch.cat([input_x, input_u]))
         n = input_x.shape[0]
-        losses = self.losses(features[:n], logits[:n], label_x, domain_x, features[n:], self.loss_settings)
+        # The contrastive loss (over all source pairs) and the MMD (sources against the target) couple the samples:
+        # under torchrun every rank computes them on every rank's rows, as one process does on the global batch; the
+        # cross-entropy too, so that every rank holds the same loss terms.
+        f_s, z_s, label_x, domain_x, f_t = (gather_rows(t) for t in (features[:n], logits[:n], label_x, domain_x,
+                                                                      features[n:]))
+        losses = self.losses(f_s, z_s, label_x, domain_x, f_t, self.loss_settings)
         self.model_backward_and_update(losses["loss"])
         return {name: value.detach() for name, value in losses.items()}
 
