@@ -48,7 +48,7 @@ def test_two_gloo_processes_equal_one_process(synthetic_root, tmp_path):
 # ---------------------------------------------------------------------------------------------- one step, N ranks
 # Every registered trainer that trains (ZSCLIP trains nothing: it has no step and no DistributedDataParallel), and
 # DUML on a batch without its third source, whose classifier and discriminator then get no gradient on any rank.
-STEP_TRAINERS = ("PromptEmo", "Baseline", "CoOp", "DUML", "LACMFER", "LACMFERCLIP")
+STEP_TRAINERS = ("PromptEmo", "Baseline", "CoOp", "DUML", "LACMFER", "LACMFERCLIP", "NENO")
 UNTRAINED = ("ZSCLIP",)
 CASES = {**{method: (method, None) for method in STEP_TRAINERS}, "DUML without source 2": ("DUML", 2)}
 # SGD: a parameter moves by lr times its gradient, so equal gradients give equal parameters (Adam's first step,
@@ -102,8 +102,9 @@ def test_two_processes_compute_the_one_process_step_of_every_trainer(synthetic_r
     samplers deal each rank its strided share of the same global order; augmentation is seeded per image): the
     losses equal within 1e-5, the gradients and the parameters and buffers (batch-norm statistics, DUML's
     prototypes) after the step equal, on both ranks. The losses that couple samples (MMDs, per-source means,
-    MCC, pseudo-label weights, batch norm) are what this checks: on each rank's half alone they differ, and the
-    gradient through gathered features is half the one-process gradient unless scaled (both fail it).
+    MCC, pseudo-label weights, NENO's supervised contrastive loss over the batch, batch norm) are what this
+    checks: on each rank's half alone they differ, and the gradient through gathered features is half the
+    one-process gradient unless scaled (both fail it).
     CoOp's loss is a mean over the batch coupling nothing, computed per rank: the ranks' mean is the whole batch's.
     DUML's step without one source: the parameters no rank trains keep no gradient, as in one process.
     """
