@@ -55,9 +55,13 @@ _C.INPUT.PIXEL_STD = list(CLIP_PIXEL_STD)
 _C.INPUT.CROP_PADDING = 4
 # Scale range of random resized crop (fraction of the image area)
 _C.INPUT.RRCROP_SCALE = (0.08, 1.0)
-# Mean and std for gaussian_noise (on the [0, 1] tensor)
+# Mean and std for gaussian_noise and flip_or_noise (on the [0, 1] tensor), and the probability per image of
+# gaussian_noise
 _C.INPUT.GN_MEAN = 0.0
 _C.INPUT.GN_STD = 0.15
+_C.INPUT.GN_P = 1.0
+# flip_or_noise (OS-FER's and EAC's): the probability per image of a flip or the noise (each half of it)
+_C.INPUT.FLIP_OR_NOISE_P = 0.5
 # Colour jitter strengths
 _C.INPUT.COLORJITTER_B = 0.4
 _C.INPUT.COLORJITTER_C = 0.4

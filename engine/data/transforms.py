@@ -2,10 +2,12 @@
 
 Train-time choices, applied in this order whatever the order of ``INPUT.TRANSFORMS``:
 ``random_resized_crop, random_crop, center_crop, random_flip, colorjitter, randomgrayscale,
-random_affine, gaussian_blur, gaussian_noise, normalize, random_erasing`` (pixel-wise colour transforms
-commute with a flip, so DUML's and LA-CMFER's "jitter, greyscale, flip, affine" has this order's
+random_affine, gaussian_blur, gaussian_noise, flip_or_noise, normalize, random_erasing`` (pixel-wise colour
+transforms commute with a flip, so DUML's and LA-CMFER's "jitter, greyscale, flip, affine" has this order's
 distribution; ``random_erasing`` works on the normalised tensor, as torchvision's ``RandomErasing`` is
-meant to). Test time always resizes the short side to ``max(INPUT.SIZE)`` and centre-crops, then applies
+meant to). ``gaussian_noise`` adds ``N(INPUT.GN_MEAN, INPUT.GN_STD)`` to the [0, 1] image with probability
+``INPUT.GN_P``; ``flip_or_noise`` is the basic augmentation of EAC and OS-FER: with probability
+``INPUT.FLIP_OR_NOISE_P`` either a horizontal flip or that noise, each with even chance (never both). Test time always resizes the short side to ``max(INPUT.SIZE)`` and centre-crops, then applies
 ``normalize`` if chosen (as Dassl does).
 
 One deviation from Dassl, on purpose: ``random_crop`` resizes to ``INPUT.SIZE`` first. Dassl crops
@@ -24,7 +26,7 @@ from engine.utils.errors import UserError
 
 AVAILABLE_TRANSFORMS = (
     "random_resized_crop", "random_crop", "center_crop", "random_flip", "random_affine", "colorjitter",
-    "randomgrayscale", "gaussian_blur", "gaussian_noise", "normalize", "random_erasing",
+    "randomgrayscale", "gaussian_blur", "gaussian_noise", "flip_or_noise", "normalize", "random_erasing",
 )
 # torchvision's RandomErasing aspect-ratio range, which random_erasing keeps
 ERASE_RATIO = (0.3, 3.3)
@@ -37,16 +39,44 @@ INTERPOLATION_MODES = {
 
 
 class GaussianNoise:
-    """Add N(mean, std) noise to a [0, 1] tensor image and clamp back to [0, 1]."""
+    """With probability ``p``, add N(mean, std) noise to a [0, 1] tensor image and clamp back to [0, 1]."""
 
-    def __init__(self, mean: float = 0.0, std: float = 0.15) -> None:
-        self.mean, self.std = mean, std
+    def __init__(self, mean: float = 0.0, std: float = 0.15, p: float = 1.0) -> None:
+        self.mean, self.std, self.p = mean, std, p
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return (img + torch.randn_like(img) * self.std + self.mean).clamp_(0, 1)
+        # no coin at p = 1, so that configs without GN_P draw the random numbers they always drew
+        if self.p < 1 and torch.rand(()) >= self.p:
+            return img
+        return add_noise(img, self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(mean={self.mean}, std={self.std})"
+        return f"{self.__class__.__name__}(mean={self.mean}, std={self.std}, p={self.p})"
+
+
+class FlipOrNoise:
+    """EAC's and OS-FER's basic augmentation on a [0, 1] tensor image: with probability ``p`` one of a
+    horizontal flip and N(mean, std) noise, each with even chance (their ``random.uniform(0, 1) > 0.5``, then
+    ``random.randint(0, 1)`` picks ``flip_image`` or ``add_g``)."""
+
+    def __init__(self, p: float = 0.5, mean: float = 0.0, std: float = 0.15) -> None:
+        self.p, self.mean, self.std = p, mean, std
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        u = float(torch.rand(()))
+        if u < self.p / 2:
+            return img.flip(-1)
+        if u < self.p:
+            return add_noise(img, self.mean, self.std)
+        return img
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(p={self.p}, mean={self.mean}, std={self.std})"
+
+
+def add_noise(img: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """``img + N(mean, std)``, clamped to [0, 1]."""
+    return (img + torch.randn_like(img) * std + mean).clamp_(0, 1)
 
 
 def check_transform_names(choices: Sequence[str]) -> None:
@@ -59,7 +89,8 @@ def check_transform_names(choices: Sequence[str]) -> None:
 
 def check_transform_params(cfg, choices: Sequence[str]) -> None:
     """A :class:`UserError` naming the first out-of-range parameter of the chosen ``colorjitter``,
-    ``random_affine`` and ``random_erasing`` (the ranges torchvision accepts), before any data is read."""
+    ``random_affine``, ``gaussian_noise``, ``flip_or_noise`` and ``random_erasing`` (the ranges torchvision
+    accepts), before any data is read."""
     i = cfg.INPUT
     if "colorjitter" in choices:
         for key in ("COLORJITTER_B", "COLORJITTER_C", "COLORJITTER_S"):
@@ -74,6 +105,12 @@ def check_transform_params(cfg, choices: Sequence[str]) -> None:
             raise UserError(f"INPUT.AFFINE_TRANSLATE must be two fractions in [0, 1], got {tuple(i.AFFINE_TRANSLATE)}")
         if len(i.AFFINE_SCALE) != 2 or not 0 < float(i.AFFINE_SCALE[0]) <= float(i.AFFINE_SCALE[1]):
             raise UserError(f"INPUT.AFFINE_SCALE must be (low, high) with 0 < low <= high, got {tuple(i.AFFINE_SCALE)}")
+    if "gaussian_noise" in choices or "flip_or_noise" in choices:
+        if float(i.GN_STD) < 0:
+            raise UserError(f"INPUT.GN_STD must be >= 0, got {i.GN_STD}")
+        for key in ("GN_P", "FLIP_OR_NOISE_P"):
+            if not 0 <= float(i[key]) <= 1:
+                raise UserError(f"INPUT.{key} must be in [0, 1], got {i[key]}")
     if "random_erasing" in choices:
         if not 0 <= float(i.RE_P) <= 1:
             raise UserError(f"INPUT.RE_P must be in [0, 1], got {i.RE_P}")
@@ -122,7 +159,9 @@ def build_transform(cfg, is_train: bool = True, choices: Sequence[str] | None = 
             tfms.append(T.RandomApply([T.GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P))
         tfms.append(T.ToTensor())
         if "gaussian_noise" in choices:
-            tfms.append(GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD))
+            tfms.append(GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD, cfg.INPUT.GN_P))
+        if "flip_or_noise" in choices:
+            tfms.append(FlipOrNoise(cfg.INPUT.FLIP_OR_NOISE_P, cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD))
     else:
         tfms += [T.Resize(max(size), interpolation=interp), T.CenterCrop(size), T.ToTensor()]
     if "normalize" in choices:
