@@ -125,10 +125,13 @@ def make_method_cfg(root: str, output_dir: str, method: str, *opts: str, variant
     return cfg
 
 
-def check_fast_path_and_compiled_step(root: str, tmp_path, method: str, paper_variant: str, compile_with) -> None:
+def check_fast_path_and_compiled_step(root: str, tmp_path, method: str, paper_variant: str, compile_with,
+                                      prepare=None, min_graphs: int = 2) -> None:
     """For a ResNet method: its original settings' transforms all run on the decoded-image cache, and with the
     cache one training step under MODEL.COMPILE (aot_eager) gives the eager step's losses, without a graph
-    break, from the same weights and batch."""
+    break, from the same weights and batch, in at least ``min_graphs`` compiled graphs. ``prepare(trainer)``, when
+    given, runs on both trainers (with equal weights) before the step: a method trained in stages puts them in a
+    later one."""
     from engine.data.fast import FastPathSettings
     from engine.trainer import build_trainer
 
@@ -139,10 +142,12 @@ def check_fast_path_and_compiled_step(root: str, tmp_path, method: str, paper_va
     eager = build_trainer(make_method_cfg(root, str(tmp_path / "eager"), method, *opts))
     comp = build_trainer(make_method_cfg(root, str(tmp_path / "comp"), method, *opts, "MODEL.COMPILE", "True"))
     comp.model.load_state_dict(eager.model.state_dict())
+    for trainer in (eager, comp) if prepare else ():
+        prepare(trainer)
     batch_x, batch_u = next(iter(eager.train_loader_x)), next(iter(eager.train_loader_u))
     eager.set_model_mode("train")
     comp.set_model_mode("train")
     ref, got = eager.forward_backward(batch_x, batch_u), comp.forward_backward(batch_x, batch_u)
     for name in ref:
         assert got[name].item() == pytest.approx(ref[name].item(), rel=1e-4, abs=1e-5), name
-    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] >= min_graphs and not counters["graph_break"], dict(counters["graph_break"])
