@@ -1,8 +1,9 @@
 """Default configuration, with Dassl's key names wherever Dassl has the concept.
 
 Keys this engine adds (not in Dassl): ``DATASET.UNSEEN_CLASSES``, ``DATALOADER.DOMAIN_EPOCH``,
-``DATALOADER.CACHE.*`` (the fast data path, :mod:`engine.data.fast.settings`), ``INPUT.AFFINE_*`` and
-``INPUT.RE_*`` (the ``random_affine`` and ``random_erasing`` transforms), ``CUDNN_BENCHMARK``,
+``DATALOADER.CACHE.*`` (the fast data path, :mod:`engine.data.fast.settings`), ``INPUT.AFFINE_*``,
+``INPUT.RE_*``, ``INPUT.GN_P`` and ``INPUT.FLIP_OR_NOISE_P`` (the ``random_affine``, ``random_erasing``,
+``gaussian_noise`` and ``flip_or_noise`` transforms; Dassl's noise has a fixed p 0.5), ``CUDNN_BENCHMARK``,
 ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.BACKBONE.WEIGHTS``, ``MODEL.BACKBONE.WIDTH``, ``MODEL.COMPILE``,
 ``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``MODEL.CLS_ONLY_LAST_BLOCK``, ``OPTIM.FUSED``,
 ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``,
