@@ -293,7 +293,9 @@ def test_fast_path_and_compiled_step_equal_the_eager_step(synthetic_root, tmp_pa
     # the detector's transforms of the original's settings run on the cache too
     FastPathSettings.from_cfg(detector_data_cfg(make_method_cfg(synthetic_root, str(tmp_path), "OSFER",
                                                                 variant="resnet18")))
-    # stage A compiles its network (its loss is one cross-entropy), stage C its network and its loss
+    # stage A compiles its network (its loss is one cross-entropy), stage C its network and its loss; a ResNet-18
+    # detector traces in half the time of the ResNet-50 and has the same head, maps and loss
     check_fast_path_and_compiled_step(synthetic_root, tmp_path, "OSFER", "resnet18", compile_with,
                                       prepare=_to_stage_c if stage == "detector" else None,
-                                      min_graphs=2 if stage == "detector" else 1)
+                                      min_graphs=2 if stage == "detector" else 1,
+                                      extra_opts=("TRAINER.OSFER.DETECTOR.NAME", "resnet18"))
