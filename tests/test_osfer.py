@@ -21,6 +21,7 @@ from conftest import CHANCE_ACC_S, LEARNABLE_OPTS, check_fast_path_and_compiled_
 from engine.data.fast import FastPathSettings
 from engine.modeling.resnet import ResNetTrunk, resnet_trunk
 from engine.trainer import TRAINER_REGISTRY, build_trainer
+from engine.utils.checkpoint import load_checkpoint
 from engine.utils.errors import UserError
 from engine.utils.logger import setup_logger
 from trainers import osfer_losses as L
@@ -227,6 +228,9 @@ def test_pseudo_labels_are_fixed_after_stage_a_and_a_kill_in_stage_c_resumes_the
         straight.set_model_mode("eval")
         expected = torch.cat([straight.model.closed_set(b["img"]).argmax(1) for b in straight.pool_loader])
     assert torch.equal(labels, expected)
+    # fixed when stage A ended: the checkpoint of its last epoch holds them
+    end_of_stage_a = load_checkpoint(str(tmp_path / "straight" / DETECTOR / "model.pth.tar-2"))
+    assert torch.equal(end_of_stage_a["state_dict"]["pseudo_labels"], labels)
 
     out = str(tmp_path / "killed")
     CountingOSFER.DIE_AT = 12 + 6  # the 2nd step of stage C's 3rd epoch: after the checkpoint of its 2nd

@@ -10,10 +10,10 @@ Three stages in one run of ``OPTIM.MAX_EPOCH + TRAINER.OSFER.DETECTOR.MAX_EPOCH`
   where the original's ``strict=False`` loads nothing when the keys differ), global average pooling and a
   ``Linear(512, K)``, trained with cross-entropy on the seen classes of every source (``OPTIM``: Adam 1e-3, weight
   decay 1e-4, ExponentialLR 0.9 per epoch, batch 512). Its softmax gives the reported predictions (ACC-S).
-- **B, pseudo-labels**, once, when the first detector epoch starts: ``y^ = argmax f_A(x)`` for every image of
-  the *pool*, with the test transform, kept in the detector's buffer ``pseudo_labels`` and so saved in every
-  checkpoint from then on: a run killed during stage C resumes there with the same pseudo-labels (they are
-  never recomputed once set). ``TRAINER.OSFER.POOL``: ``train`` (default, ours) the target's unlabelled
+- **B, pseudo-labels**, once, when stage A's last epoch ends (before its checkpoint): ``y^ = argmax f_A(x)`` for
+  every image of the *pool*, with the test transform, kept in the detector's buffer ``pseudo_labels`` and so
+  saved in every checkpoint from then on: a run killed during stage C resumes there with the same pseudo-labels
+  (they are never recomputed once set). ``TRAINER.OSFER.POOL``: ``train`` (default, ours) the target's unlabelled
   training images, so that no test image is seen in training; ``test`` the original's transductive pool, the
   test images themselves.
 - **C, detector** (``TRAINER.OSFER.DETECTOR``; 30 epochs in the original): a ResNet-50 from VGGFace2 weights
@@ -237,8 +237,14 @@ class OSFER(TrainerXU):
 
     # ------------------------------------------------------------------------------------------- the loop
     def before_epoch(self) -> None:
+        # without a stage A (OPTIM.MAX_EPOCH 0) the detector's first epoch labels the pool
         if self.stage == DETECTOR and not bool((self.model.detector.pseudo_labels >= 0).all()):
             self.assign_pseudo_labels()
+
+    def after_epoch(self) -> None:
+        if self.epoch + 1 == self.closed_set_epochs:  # stage A ends: label the pool before the checkpoint is written
+            self.assign_pseudo_labels()
+        super().after_epoch()
 
     def run_epoch(self) -> None:
         """Stage A's epochs pass over the sources, stage C's over the pool; each loader keeps its place."""
