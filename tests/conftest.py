@@ -142,12 +142,14 @@ def check_fast_path_and_compiled_step(root: str, tmp_path, method: str, paper_va
     eager = build_trainer(make_method_cfg(root, str(tmp_path / "eager"), method, *opts))
     comp = build_trainer(make_method_cfg(root, str(tmp_path / "comp"), method, *opts, "MODEL.COMPILE", "True"))
     comp.model.load_state_dict(eager.model.state_dict())
-    for trainer in (eager, comp) if prepare else ():
-        prepare(trainer)
+    if prepare:
+        prepare(eager)
+        prepare(comp)
     batch_x, batch_u = next(iter(eager.train_loader_x)), next(iter(eager.train_loader_u))
     eager.set_model_mode("train")
     comp.set_model_mode("train")
     ref, got = eager.forward_backward(batch_x, batch_u), comp.forward_backward(batch_x, batch_u)
     for name in ref:
         assert got[name].item() == pytest.approx(ref[name].item(), rel=1e-4, abs=1e-5), name
-    assert counters["stats"]["unique_graphs"] >= min_graphs and not counters["graph_break"], dict(counters["graph_break"])
+    breaks = dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] >= min_graphs and not breaks, breaks

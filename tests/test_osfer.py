@@ -134,7 +134,8 @@ class _NotAnArray:
 def test_a_pickle_that_is_not_arrays_is_refused_without_running_it(tmp_path):
     foreign = tmp_path / "foreign.pkl"
     foreign.write_bytes(pickle.dumps({"conv1.weight": _NotAnArray()}))
-    with pytest.raises(UserError, match=r"foreign.pkl \(TRAINER.OSFER.DETECTOR.WEIGHTS\).*refers to (posix|nt)\.getcwd"):
+    refused = r"foreign.pkl \(TRAINER.OSFER.DETECTOR.WEIGHTS\).*refers to (posix|nt)\.getcwd"
+    with pytest.raises(UserError, match=refused):
         resnet_trunk("resnet50", str(foreign), 8, key="TRAINER.OSFER.DETECTOR")
     broken = tmp_path / "broken.pkl"
     broken.write_bytes(b"not a pickle")

@@ -250,9 +250,10 @@ class OSFER(TrainerXU):
         """Stage A's epochs pass over the sources, stage C's over the pool; each loader keeps its place."""
         cursors = self._new_cursors()
         if self.stage == CLOSED_SET:
-            self._run_batches(len(self.train_loader_x), lambda: (cursors["train_x"].next(), None), self.forward_backward)
+            batches, next_batch = len(self.train_loader_x), lambda: (cursors["train_x"].next(), None)
         else:
-            self._run_batches(len(self.train_loader_u), lambda: (None, cursors["train_u"].next()), self.forward_backward)
+            batches, next_batch = len(self.train_loader_u), lambda: (None, cursors["train_u"].next())
+        self._run_batches(batches, next_batch, self.forward_backward)
 
     def update_lr(self, names: str | list[str] | None = None) -> None:
         """Step the current stage's scheduler only (the other stage's learning rate waits)."""

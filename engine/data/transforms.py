@@ -7,8 +7,9 @@ transforms commute with a flip, so DUML's and LA-CMFER's "jitter, greyscale, fli
 distribution; ``random_erasing`` works on the normalised tensor, as torchvision's ``RandomErasing`` is
 meant to). ``gaussian_noise`` adds ``N(INPUT.GN_MEAN, INPUT.GN_STD)`` to the [0, 1] image with probability
 ``INPUT.GN_P``; ``flip_or_noise`` is the basic augmentation of EAC and OS-FER: with probability
-``INPUT.FLIP_OR_NOISE_P`` either a horizontal flip or that noise, each with even chance (never both). Test time always resizes the short side to ``max(INPUT.SIZE)`` and centre-crops, then applies
-``normalize`` if chosen (as Dassl does).
+``INPUT.FLIP_OR_NOISE_P`` either a horizontal flip or that noise, each with even chance (never both). Test time
+always resizes the short side to ``max(INPUT.SIZE)`` and centre-crops, then applies ``normalize`` if chosen (as
+Dassl does).
 
 One deviation from Dassl, on purpose: ``random_crop`` resizes to ``INPUT.SIZE`` first. Dassl crops
 the raw image, which only works when every image already has the input size; FER datasets mix
