@@ -125,24 +125,31 @@ def make_method_cfg(root: str, output_dir: str, method: str, *opts: str, variant
     return cfg
 
 
-def check_fast_path_and_compiled_step(root: str, tmp_path, method: str, paper_variant: str, compile_with) -> None:
+def check_fast_path_and_compiled_step(root: str, tmp_path, method: str, paper_variant: str, compile_with,
+                                      prepare=None, min_graphs: int = 2, extra_opts: tuple[str, ...] = ()) -> None:
     """For a ResNet method: its original settings' transforms all run on the decoded-image cache, and with the
     cache one training step under MODEL.COMPILE (aot_eager) gives the eager step's losses, without a graph
-    break, from the same weights and batch."""
+    break, from the same weights and batch, in at least ``min_graphs`` compiled graphs. ``prepare(trainer)``, when
+    given, runs on both trainers (with equal weights) before the step: a method trained in stages puts them in a
+    later one. ``extra_opts`` are more config pairs for the two trainers (a smaller network, say)."""
     from engine.data.fast import FastPathSettings
     from engine.trainer import build_trainer
 
     FastPathSettings.from_cfg(make_method_cfg(root, str(tmp_path / "paper"), method, variant=paper_variant))
     counters = compile_with("aot_eager")
     opts = ["DATALOADER.CACHE.ENABLED", "True", "DATALOADER.CACHE.DIR", str(tmp_path / "cache"), "TRAIN.PRECISION",
-            "fp32", "OPTIM.MAX_EPOCH", "1"]
+            "fp32", "OPTIM.MAX_EPOCH", "1", *extra_opts]
     eager = build_trainer(make_method_cfg(root, str(tmp_path / "eager"), method, *opts))
     comp = build_trainer(make_method_cfg(root, str(tmp_path / "comp"), method, *opts, "MODEL.COMPILE", "True"))
     comp.model.load_state_dict(eager.model.state_dict())
+    if prepare:
+        prepare(eager)
+        prepare(comp)
     batch_x, batch_u = next(iter(eager.train_loader_x)), next(iter(eager.train_loader_u))
     eager.set_model_mode("train")
     comp.set_model_mode("train")
     ref, got = eager.forward_backward(batch_x, batch_u), comp.forward_backward(batch_x, batch_u)
     for name in ref:
         assert got[name].item() == pytest.approx(ref[name].item(), rel=1e-4, abs=1e-5), name
-    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"], dict(counters["graph_break"])
+    breaks = dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] >= min_graphs and not breaks, breaks

@@ -30,6 +30,10 @@ EVERY_TRANSFORM = ["random_resized_crop", "random_flip", "colorjitter", "randomg
                    "gaussian_noise", "normalize", "random_erasing"]
 # DUML's and LA-CMFER's training transform: the whole image resized, no crop
 DUML = ["random_flip", "colorjitter", "randomgrayscale", "random_affine", "normalize"]
+# OS-FER's two stages' transforms at once (flip or noise, noise with probability 1/2, erasing)
+OSFER = ["flip_or_noise", "gaussian_noise", "normalize", "random_erasing"]
+PIPELINES = pytest.mark.parametrize("names, opts", [(EVERY_TRANSFORM, ()), (DUML, ()), (OSFER, ("INPUT.GN_P", "0.5"))],
+                                    ids=["every_transform", "duml", "osfer"])
 
 
 def _cfg(*opts: str):
@@ -264,9 +268,55 @@ def test_erasing_and_grayscale_happen_with_their_probabilities():
     assert (corners == 0).all(1).any(1).float().mean() > 0.5
 
 
-@pytest.mark.parametrize("names", [EVERY_TRANSFORM, DUML], ids=["every_transform", "duml"])
-def test_a_saved_generator_state_replays_the_same_batch(names):
-    augment = FastPathSettings.from_cfg(_cfg(*_transforms(names))).train_augment
+def _flip_and_noise_shares(images: torch.Tensor) -> tuple[float, float, float, float]:
+    """For [0, 1] images of a half-grey (0.2 | 0.8) square: the share flipped (the bright half on the left), the
+    share with noise (the dark half not flat), the share with both, and the noise's std where it was added."""
+    half = images.shape[-1] // 2
+    left, right = images[..., :half], images[..., half:]
+    flipped = left.mean(dim=(1, 2, 3)) > right.mean(dim=(1, 2, 3))
+    dark = torch.where(flipped[:, None, None, None], right, left)
+    spread = dark.flatten(1).std(dim=1)
+    noisy = spread > 1e-3
+    return (flipped.float().mean().item(), noisy.float().mean().item(), (flipped & noisy).float().mean().item(),
+            spread[noisy].mean().item())
+
+
+def _half_grey(n: int, side: int = 16) -> torch.Tensor:
+    image = torch.full((n, side, side, 3), 51, dtype=torch.uint8)  # 0.2
+    image[:, :, side // 2:] = 204  # 0.8
+    return image
+
+
+def test_noise_and_flip_or_noise_happen_with_their_probabilities_on_both_paths():
+    """gaussian_noise with INPUT.GN_P and flip_or_noise (with probability p a flip or the noise, never both)
+    draw the same parameters on the device as on the PIL path: shares p and p / 2, the noise's std GN_STD."""
+    n, std = 3000, 0.03
+    device = DeviceAugment((16, 16), train=True, noise=(0.0, std, 0.3))(_half_grey(n), torch.Generator().manual_seed(0))
+    flipped, noisy, _, spread = _flip_and_noise_shares(device)
+    assert flipped == 0 and 0.27 < noisy < 0.33 and spread == pytest.approx(std, rel=0.05)
+    device = DeviceAugment((16, 16), train=True, flip_or_noise=(0.6, 0.0, std))(_half_grey(n),
+                                                                                torch.Generator().manual_seed(1))
+    flipped, noisy, both, spread = _flip_and_noise_shares(device)
+    assert 0.27 < flipped < 0.33 and 0.27 < noisy < 0.33 and both == 0 and spread == pytest.approx(std, rel=0.05)
+
+    pil_cfg = _cfg(*_transforms(["flip_or_noise"]), "INPUT.SIZE", "(16, 16)", "INPUT.FLIP_OR_NOISE_P", "0.6",
+                   "INPUT.GN_STD", str(std))
+    transform = build_transform(pil_cfg, is_train=True)
+    image = Image.fromarray(_half_grey(1)[0].numpy())
+    torch.manual_seed(2)
+    pil = torch.stack([transform(image) for _ in range(n)])
+    flipped, noisy, both, spread = _flip_and_noise_shares(pil)
+    assert 0.27 < flipped < 0.33 and 0.27 < noisy < 0.33 and both == 0 and spread == pytest.approx(std, rel=0.05)
+    transform = build_transform(_cfg(*_transforms(["gaussian_noise"]), "INPUT.SIZE", "(16, 16)", "INPUT.GN_P", "0.3",
+                                     "INPUT.GN_STD", str(std)), is_train=True)
+    pil = torch.stack([transform(image) for _ in range(n)])
+    flipped, noisy, _, spread = _flip_and_noise_shares(pil)
+    assert flipped == 0 and 0.27 < noisy < 0.33 and spread == pytest.approx(std, rel=0.05)
+
+
+@PIPELINES
+def test_a_saved_generator_state_replays_the_same_batch(names, opts):
+    augment = FastPathSettings.from_cfg(_cfg(*_transforms(names), *opts)).train_augment
     images = torch.randint(0, 256, (16, 40, 40, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     generator = torch.Generator().manual_seed(3)
     state = generator.get_state()
@@ -276,12 +326,12 @@ def test_a_saved_generator_state_replays_the_same_batch(names):
     assert torch.equal(augment(images, generator), first) and torch.equal(augment(images, generator), second)
 
 
-@pytest.mark.parametrize("names", [EVERY_TRANSFORM, DUML], ids=["every_transform", "duml"])
-def test_compiled_apply_with_the_new_transforms_is_one_graph_equal_to_eager(compile_with, names):
+@PIPELINES
+def test_compiled_apply_with_the_new_transforms_is_one_graph_equal_to_eager(compile_with, names, opts):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     counters = compile_with("inductor" if device == "cuda" else "aot_eager")
-    eager = FastPathSettings.from_cfg(_cfg(*_transforms(names))).train_augment
-    comp = FastPathSettings.from_cfg(_cfg(*_transforms(names), "MODEL.COMPILE", "True")).train_augment
+    eager = FastPathSettings.from_cfg(_cfg(*_transforms(names), *opts)).train_augment
+    comp = FastPathSettings.from_cfg(_cfg(*_transforms(names), *opts, "MODEL.COMPILE", "True")).train_augment
     assert hasattr(comp.apply, "_torchdynamo_orig_callable")
     images = torch.randint(0, 256, (48, 40, 40, 3), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0)).to(device)

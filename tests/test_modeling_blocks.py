@@ -45,7 +45,7 @@ def test_trunk_weights_errors_name_the_file_and_the_first_keys(tmp_path):
     missing = dict(state)
     del missing["layer1.0.conv1.weight"], missing["bn1.weight"]
     torch.save(missing, tmp_path / "missing.pth")
-    with pytest.raises(UserError, match=r"missing.pth do not fit resnet18 at width 64: 2 missing \((bn1.weight, "
+    with pytest.raises(UserError, match=r"missing.pth \(MODEL.BACKBONE.WEIGHTS\) do not fit resnet18 at width 64: 2 missing \((bn1.weight, "
                                         r"layer1.0.conv1.weight|layer1.0.conv1.weight, bn1.weight)\)"):
         load_trunk_weights(trunk, str(tmp_path / "missing.pth"))
     prefixed = {f"module.{k}": v for k, v in state.items()}  # a DataParallel checkpoint

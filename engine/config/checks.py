@@ -99,6 +99,8 @@ VALUE_RULES: dict[str, Bounds] = {
     "INPUT.CROP_PADDING": _int(0),
     "INPUT.RRCROP_SCALE": Bounds(0, 1, low_open=True, length=2, ordered=True),
     "INPUT.GN_STD": _NON_NEGATIVE,
+    "INPUT.GN_P": _FRACTION,
+    "INPUT.FLIP_OR_NOISE_P": _FRACTION,
     "INPUT.COLORJITTER_B": _NON_NEGATIVE,
     "INPUT.COLORJITTER_C": _NON_NEGATIVE,
     "INPUT.COLORJITTER_S": _NON_NEGATIVE,

@@ -1,8 +1,9 @@
 """Default configuration, with Dassl's key names wherever Dassl has the concept.
 
 Keys this engine adds (not in Dassl): ``OUTPUT_LOCK_STALE_S``, ``DATASET.UNSEEN_CLASSES``, ``DATALOADER.DOMAIN_EPOCH``,
-``DATALOADER.CACHE.*`` (the fast data path, :mod:`engine.data.fast.settings`), ``INPUT.AFFINE_*`` and
-``INPUT.RE_*`` (the ``random_affine`` and ``random_erasing`` transforms), ``CUDNN_BENCHMARK``,
+``DATALOADER.CACHE.*`` (the fast data path, :mod:`engine.data.fast.settings`), ``INPUT.AFFINE_*``,
+``INPUT.RE_*``, ``INPUT.GN_P`` and ``INPUT.FLIP_OR_NOISE_P`` (the ``random_affine``, ``random_erasing``,
+``gaussian_noise`` and ``flip_or_noise`` transforms; Dassl's noise has a fixed p 0.5), ``CUDNN_BENCHMARK``,
 ``MODEL.BACKBONE.DOWNLOAD_ROOT``, ``MODEL.BACKBONE.WEIGHTS``, ``MODEL.BACKBONE.WIDTH``, ``MODEL.COMPILE``,
 ``MODEL.COMPILE_MODE``, ``MODEL.PATCH_EMBED_MATMUL``, ``MODEL.CLS_ONLY_LAST_BLOCK``, ``OPTIM.FUSED``,
 ``TRAIN.PRECISION``, ``TRAIN.CHECKPOINT_STEPS``, ``TRAIN.ON_NONFINITE``, ``TEST.NUM_THRESHOLDS``,
@@ -58,9 +59,13 @@ _C.INPUT.PIXEL_STD = list(CLIP_PIXEL_STD)
 _C.INPUT.CROP_PADDING = 4
 # Scale range of random resized crop (fraction of the image area)
 _C.INPUT.RRCROP_SCALE = (0.08, 1.0)
-# Mean and std for gaussian_noise (on the [0, 1] tensor)
+# Mean and std for gaussian_noise and flip_or_noise (on the [0, 1] tensor), and the probability per image of
+# gaussian_noise
 _C.INPUT.GN_MEAN = 0.0
 _C.INPUT.GN_STD = 0.15
+_C.INPUT.GN_P = 1.0
+# flip_or_noise (OS-FER's and EAC's): the probability per image of a flip or the noise (each half of it)
+_C.INPUT.FLIP_OR_NOISE_P = 0.5
 # Colour jitter strengths
 _C.INPUT.COLORJITTER_B = 0.4
 _C.INPUT.COLORJITTER_C = 0.4

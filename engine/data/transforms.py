@@ -2,11 +2,14 @@
 
 Train-time choices, applied in this order whatever the order of ``INPUT.TRANSFORMS``:
 ``random_resized_crop, random_crop, center_crop, random_flip, colorjitter, randomgrayscale,
-random_affine, gaussian_blur, gaussian_noise, normalize, random_erasing`` (pixel-wise colour transforms
-commute with a flip, so DUML's and LA-CMFER's "jitter, greyscale, flip, affine" has this order's
+random_affine, gaussian_blur, gaussian_noise, flip_or_noise, normalize, random_erasing`` (pixel-wise colour
+transforms commute with a flip, so DUML's and LA-CMFER's "jitter, greyscale, flip, affine" has this order's
 distribution; ``random_erasing`` works on the normalised tensor, as torchvision's ``RandomErasing`` is
-meant to). Test time always resizes the short side to ``max(INPUT.SIZE)`` and centre-crops, then applies
-``normalize`` if chosen (as Dassl does).
+meant to). ``gaussian_noise`` adds ``N(INPUT.GN_MEAN, INPUT.GN_STD)`` to the [0, 1] image with probability
+``INPUT.GN_P``; ``flip_or_noise`` is the basic augmentation of EAC and OS-FER: with probability
+``INPUT.FLIP_OR_NOISE_P`` either a horizontal flip or that noise, each with even chance (never both). Test time
+always resizes the short side to ``max(INPUT.SIZE)`` and centre-crops, then applies ``normalize`` if chosen (as
+Dassl does).
 
 One deviation from Dassl, on purpose: ``random_crop`` resizes to ``INPUT.SIZE`` first. Dassl crops
 the raw image, which only works when every image already has the input size; FER datasets mix
@@ -25,7 +28,7 @@ from engine.utils.errors import UserError
 
 AVAILABLE_TRANSFORMS = (
     "random_resized_crop", "random_crop", "center_crop", "random_flip", "random_affine", "colorjitter",
-    "randomgrayscale", "gaussian_blur", "gaussian_noise", "normalize", "random_erasing",
+    "randomgrayscale", "gaussian_blur", "gaussian_noise", "flip_or_noise", "normalize", "random_erasing",
 )
 # torchvision's RandomErasing aspect-ratio range, which random_erasing keeps
 ERASE_RATIO = (0.3, 3.3)
@@ -38,16 +41,44 @@ INTERPOLATION_MODES = {
 
 
 class GaussianNoise:
-    """Add N(mean, std) noise to a [0, 1] tensor image and clamp back to [0, 1]."""
+    """With probability ``p``, add N(mean, std) noise to a [0, 1] tensor image and clamp back to [0, 1]."""
 
-    def __init__(self, mean: float = 0.0, std: float = 0.15) -> None:
-        self.mean, self.std = mean, std
+    def __init__(self, mean: float = 0.0, std: float = 0.15, p: float = 1.0) -> None:
+        self.mean, self.std, self.p = mean, std, p
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        return (img + torch.randn_like(img) * self.std + self.mean).clamp_(0, 1)
+        # no coin at p = 1, so that configs without GN_P draw the random numbers they always drew
+        if self.p < 1 and torch.rand(()) >= self.p:
+            return img
+        return add_noise(img, self.mean, self.std)
 
     def __repr__(self) -> str:
-        return f"{self.__class__.__name__}(mean={self.mean}, std={self.std})"
+        return f"{self.__class__.__name__}(mean={self.mean}, std={self.std}, p={self.p})"
+
+
+class FlipOrNoise:
+    """EAC's and OS-FER's basic augmentation on a [0, 1] tensor image: with probability ``p`` one of a
+    horizontal flip and N(mean, std) noise, each with even chance (their ``random.uniform(0, 1) > 0.5``, then
+    ``random.randint(0, 1)`` picks ``flip_image`` or ``add_g``)."""
+
+    def __init__(self, p: float = 0.5, mean: float = 0.0, std: float = 0.15) -> None:
+        self.p, self.mean, self.std = p, mean, std
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        u = float(torch.rand(()))
+        if u < self.p / 2:
+            return img.flip(-1)
+        if u < self.p:
+            return add_noise(img, self.mean, self.std)
+        return img
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(p={self.p}, mean={self.mean}, std={self.std})"
+
+
+def add_noise(img: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """``img + N(mean, std)``, clamped to [0, 1]."""
+    return (img + torch.randn_like(img) * std + mean).clamp_(0, 1)
 
 
 def check_transform_names(choices: Sequence[str]) -> None:
@@ -64,7 +95,8 @@ TRANSFORM_PARAMS = {
     "random_crop": ("INPUT.CROP_PADDING",),
     "colorjitter": ("INPUT.COLORJITTER_B", "INPUT.COLORJITTER_C", "INPUT.COLORJITTER_S", "INPUT.COLORJITTER_H"),
     "randomgrayscale": ("INPUT.RGS_P",),
-    "gaussian_noise": ("INPUT.GN_MEAN", "INPUT.GN_STD"),
+    "gaussian_noise": ("INPUT.GN_MEAN", "INPUT.GN_STD", "INPUT.GN_P"),
+    "flip_or_noise": ("INPUT.GN_MEAN", "INPUT.GN_STD", "INPUT.FLIP_OR_NOISE_P"),
     "gaussian_blur": ("INPUT.GB_P", "INPUT.GB_K"),
     "random_affine": ("INPUT.AFFINE_DEGREES", "INPUT.AFFINE_TRANSLATE", "INPUT.AFFINE_SCALE"),
     "random_erasing": ("INPUT.RE_P", "INPUT.RE_SCALE"),
@@ -122,7 +154,9 @@ def build_transform(cfg, is_train: bool = True, choices: Sequence[str] | None = 
             tfms.append(T.RandomApply([T.GaussianBlur(cfg.INPUT.GB_K)], p=cfg.INPUT.GB_P))
         tfms.append(T.ToTensor())
         if "gaussian_noise" in choices:
-            tfms.append(GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD))
+            tfms.append(GaussianNoise(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD, cfg.INPUT.GN_P))
+        if "flip_or_noise" in choices:
+            tfms.append(FlipOrNoise(cfg.INPUT.FLIP_OR_NOISE_P, cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD))
     else:
         tfms += [T.Resize(max(size), interpolation=interp), T.CenterCrop(size), T.ToTensor()]
     if "normalize" in choices:

@@ -29,7 +29,11 @@ Supported ``INPUT.TRANSFORMS`` (:data:`engine.data.fast.settings.SUPPORTED_TRANS
   to whole pixels (halves to even, as Python's ``round``), scale uniform in ``INPUT.AFFINE_SCALE``;
   fill 0 (black) where the transformed image does not cover the output. It is applied after the
   colour transforms, as on the PIL path, and folded into the crop's resampling (one ``grid_sample``).
-- ``gaussian_noise``: ``N(INPUT.GN_MEAN, INPUT.GN_STD)`` added to the [0, 1] image, clamped to [0, 1].
+- ``gaussian_noise``: with probability ``INPUT.GN_P``, ``N(INPUT.GN_MEAN, INPUT.GN_STD)`` added to the [0, 1]
+  image, clamped to [0, 1].
+- ``flip_or_noise`` (OS-FER's and EAC's basic augmentation): with probability ``INPUT.FLIP_OR_NOISE_P``,
+  either a horizontal flip (folded into the geometry, with ``random_flip``'s if both are chosen) or the noise
+  of ``gaussian_noise`` (added where ``gaussian_noise`` adds its own), each with even chance.
 - ``normalize``: ``(x - INPUT.PIXEL_MEAN) / INPUT.PIXEL_STD`` on the [0, 1] image.
 - ``random_erasing``: torchvision's ``RandomErasing(p=INPUT.RE_P, scale=INPUT.RE_SCALE, ratio=(0.3,
   3.3), value=0)`` after ``normalize``: ten attempts per image of an area uniform in ``INPUT.RE_SCALE``
@@ -54,7 +58,9 @@ Where training differs from the PIL path (same augmentations, parameters and ran
    happen when ``DATALOADER.CACHE.SIZE`` exceeds ``max(INPUT.SIZE)``. Samples near the box edge
    blend up to half a source pixel beyond it (PIL resamples the cropped box alone); samples beyond
    the image edge repeat the border pixel.
-3. Intermediate results stay float; PIL rounds to uint8 after the resize and after grayscale.
+3. Intermediate results stay float; PIL rounds to uint8 after the resize and after grayscale. Noise is
+   added at ``INPUT.SIZE`` after the resize, as on the PIL path (OS-FER's original adds it to the decoded
+   image before resizing it, and rounds down to uint8 after).
 4. The random stream differs (one generator on the device, not torch's global CPU generator), so
    individual draws differ from the PIL path's; their distributions do not.
 5. The image is decoded and resized to the cache size once (PIL, ``INPUT.INTERPOLATION``), so an
@@ -435,17 +441,21 @@ class DeviceAugment:
                  std: Sequence[float] | None = None, interpolation: str = "bicubic",
                  jitter: Sequence[float] | None = None,
                  affine: tuple[float, tuple[float, float], tuple[float, float]] | None = None,
-                 erasing: tuple[float, tuple[float, float]] | None = None) -> None:
-        """``jitter``: ColorJitter's strengths (brightness, contrast, saturation, hue); ``affine``:
-        RandomAffine's (degrees, translate, scale); ``erasing``: RandomErasing's (p, scale); ``None``
-        leaves a transform out (all three are training transforms)."""
+                 erasing: tuple[float, tuple[float, float]] | None = None,
+                 flip_or_noise: tuple[float, float, float] | None = None) -> None:
+        """``noise``: ``gaussian_noise``'s (mean, std) or (mean, std, p), p 1 if not given; ``jitter``:
+        ColorJitter's strengths (brightness, contrast, saturation, hue); ``affine``: RandomAffine's (degrees,
+        translate, scale); ``erasing``: RandomErasing's (p, scale); ``flip_or_noise``: (p, mean, std);
+        ``None`` leaves a transform out (all are training transforms)."""
         self.out_size = (int(out_size[0]), int(out_size[1]))
         self.train = train
         self.random_resized_crop = random_resized_crop
         self.scale = (float(scale[0]), float(scale[1]))
         self.flip = flip
         self.grayscale_p = float(grayscale_p)
-        self.noise = noise
+        self.noise = None if noise is None else (float(noise[0]), float(noise[1]),
+                                                 float(noise[2]) if len(noise) > 2 else 1.0)
+        self.flip_or_noise = None if flip_or_noise is None else tuple(float(v) for v in flip_or_noise)
         self.mean = None if mean is None else tuple(float(m) for m in mean)
         self.std = None if std is None else tuple(float(s) for s in std)
         self.interpolation = interpolation
@@ -489,8 +499,15 @@ class DeviceAugment:
         if self.train and self.affine is not None:
             names = ("u_angle", "u_tx", "u_ty", "u_scale")
             params.update(zip(names, draw_affine_uniforms(batch, generator, device)))
-        if self.train and self.noise is not None:  # a training batch leaves the geometry at out_size
+        if self.train and self.flip_or_noise is not None:
+            params["flip_or_noise_u"] = torch.rand(batch, generator=generator, device=device)
+        # a training batch leaves the geometry at out_size
+        if self.train and self.noise is not None:
+            if self.noise[2] < 1:
+                params["noise_u"] = torch.rand(batch, generator=generator, device=device)
             params["noise"] = torch.randn((batch, 3, *self.out_size), generator=generator, device=device)
+        if self.train and self.flip_or_noise is not None:
+            params["flip_or_noise"] = torch.randn((batch, 3, *self.out_size), generator=generator, device=device)
         if self.train and self.erasing is not None:
             names = ("erase_u", "erase_area", "erase_ratio", "erase_top", "erase_left")
             params.update(zip(names, draw_erasing_uniforms(batch, generator, device)))
@@ -524,8 +541,14 @@ class DeviceAugment:
         if coverage is not None:
             x = x * coverage  # fill 0
         if "noise" in params:
-            mean, std = self.noise
-            x = (x + params["noise"] * std + mean).clamp(0, 1)
+            mean, std, p = self.noise
+            noisy = (x + params["noise"] * std + mean).clamp(0, 1)
+            x = torch.where((params["noise_u"] < p)[:, None, None, None], noisy, x) if "noise_u" in params else noisy
+        if "flip_or_noise_u" in params:
+            p, mean, std = self.flip_or_noise
+            u = params["flip_or_noise_u"]
+            noisy = (x + params["flip_or_noise"] * std + mean).clamp(0, 1)
+            x = torch.where(((u >= p / 2) & (u < p))[:, None, None, None], noisy, x)  # the flip is u < p / 2
         if "pixel_mean" in params:
             x = (x - params["pixel_mean"]) / params["pixel_std"]
         if "erase_u" in params:
@@ -545,6 +568,8 @@ class DeviceAugment:
             flip = params["flip_u"] < 0.5
         else:
             flip = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        if "flip_or_noise_u" in params:  # flip_or_noise's flip, on top of random_flip's (PIL: one after the other)
+            flip = flip ^ (params["flip_or_noise_u"] < self.flip_or_noise[0] / 2)
         points = coverage = None
         if "u_angle" in params:
             # where each output pixel lies in the cropped, resized and flipped image the affine transforms
@@ -568,7 +593,8 @@ class DeviceAugment:
             # the flip mirrors the points the affine reaches (their x changes sign)
             sign = torch.where(flip, -1.0, 1.0).to(points.dtype).view(-1, 1, 1, 1)
             return sample(x, torch.cat([points[..., :1] * sign, points[..., 1:]], dim=-1)), coverage
-        return (torch.where(flip[:, None, None, None], x.flip(-1), x) if self.flip else x), None
+        flips = self.flip or self.flip_or_noise is not None
+        return (torch.where(flip[:, None, None, None], x.flip(-1), x) if flips else x), None
 
     def _geometry_test(self, x: torch.Tensor) -> torch.Tensor:
         x = resize_short_side(x, max(self.out_size), self.interpolation)
@@ -588,6 +614,6 @@ class DeviceAugment:
                               zip(self.jitter_low, self.jitter_high)))
             parts += [f"random_resized_crop={self.random_resized_crop}", f"scale={self.scale}", f"flip={self.flip}",
                       f"jitter={jitter or None}", f"grayscale_p={self.grayscale_p}", f"affine={self.affine}",
-                      f"noise={self.noise}", f"erasing={self.erasing}"]
+                      f"noise={self.noise}", f"flip_or_noise={self.flip_or_noise}", f"erasing={self.erasing}"]
         parts.append(f"normalize={self.mean is not None}")
         return f"{self.__class__.__name__}({', '.join(parts)})"

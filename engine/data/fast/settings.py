@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 # The INPUT.TRANSFORMS that run on the device (engine.data.fast.augment says how each maps to the PIL path's)
 SUPPORTED_TRANSFORMS = ("random_resized_crop", "random_flip", "center_crop", "colorjitter", "randomgrayscale",
-                        "random_affine", "gaussian_noise", "normalize", "random_erasing")
+                        "random_affine", "gaussian_noise", "flip_or_noise", "normalize", "random_erasing")
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,9 @@ def device_augment(cfg, train: bool, choices: Sequence[str]) -> DeviceAugment:
         scale=tuple(cfg.INPUT.RRCROP_SCALE),
         flip=train and "random_flip" in choices,
         grayscale_p=cfg.INPUT.RGS_P if train and "randomgrayscale" in choices else 0.0,
-        noise=(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD) if train and "gaussian_noise" in choices else None,
+        noise=(cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD, cfg.INPUT.GN_P) if train and "gaussian_noise" in choices else None,
+        flip_or_noise=(cfg.INPUT.FLIP_OR_NOISE_P, cfg.INPUT.GN_MEAN, cfg.INPUT.GN_STD)
+        if train and "flip_or_noise" in choices else None,
         jitter=(cfg.INPUT.COLORJITTER_B, cfg.INPUT.COLORJITTER_C, cfg.INPUT.COLORJITTER_S, cfg.INPUT.COLORJITTER_H)
         if train and "colorjitter" in choices else None,
         affine=(cfg.INPUT.AFFINE_DEGREES, tuple(cfg.INPUT.AFFINE_TRANSLATE), tuple(cfg.INPUT.AFFINE_SCALE))
