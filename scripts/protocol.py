@@ -1,6 +1,6 @@
 """The MO-FER protocol: every target x unseen class x seed x method, one train.py run each.
 
-    python scripts/protocol.py                       # all 4 targets x 7 classes x 3 seeds x 7 methods
+    python scripts/protocol.py                       # all 4 targets x 7 classes x 3 seeds x 9 methods
     python scripts/protocol.py --dry-run > jobs.txt  # one command per line, for your own scheduler
     python scripts/protocol.py --methods PromptEmo --targets rafdb --unseen fear -- OPTIM.MAX_EPOCH 30
     python scripts/protocol.py --estimate --throughput 9000       # runs left, images, GPU-hours
@@ -38,7 +38,7 @@ from launch.runs import Run  # noqa: E402
 
 DOMAINS = ("rafdb", "ferplus", "affectnet", "oulu")
 CLASSES = ("surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral")
-METHODS = ("PromptEmo", "Baseline", "CoOp", "ZSCLIP", "DUML", "LACMFER", "LACMFERCLIP")
+METHODS = ("PromptEmo", "Baseline", "CoOp", "ZSCLIP", "NENO", "OSFER", "DUML", "LACMFER", "LACMFERCLIP")
 PAPER_VARIANT = "paper"
 
 

@@ -46,12 +46,13 @@ def test_protocol_dry_run_lists_every_unfinished_run_once(tmp_path, capsys):
     (done / "results.json").write_text("{}")
     assert protocol.main(["--dry-run", "--out", str(out), "--python", "python"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4 * 7 * 3 * 7 - 1  # targets x classes x seeds x methods, minus the finished run
+    assert len(lines) == 4 * 7 * 3 * 9 - 1  # targets x classes x seeds x methods, minus the finished run
     # each method with its config of the original's settings (--variant paper, the default)
     configs = {line.split("--trainer ")[1].split()[0]: line.split("--config-file ")[1].split()[0] for line in lines}
     assert {m: os.path.basename(c) for m, c in configs.items()} == {
         "PromptEmo": "vit_b32.yaml", "Baseline": "vit_b32.yaml", "CoOp": "vit_b32.yaml", "ZSCLIP": "vit_b32.yaml",
-        "DUML": "resnet34.yaml", "LACMFER": "resnet18.yaml", "LACMFERCLIP": "resnet18.yaml"}
+        "DUML": "resnet34.yaml", "LACMFER": "resnet18.yaml", "LACMFERCLIP": "resnet18.yaml", "NENO": "vit_s16.yaml",
+        "OSFER": "resnet18.yaml"}
     first = lines[0].split()
     assert first[:2] == ["python", os.path.relpath(os.path.join(ROOT, "train.py"))]
     assert "--source-domains ferplus affectnet oulu --target-domains rafdb" in lines[0]
