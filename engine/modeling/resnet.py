@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from engine.modeling.state_dicts import mismatched_keys
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,6 @@ ARCHITECTURES = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 STYLES = ("torchvision", "caffe")
 TORCHVISION_WIDTH = 64
-# How many keys an error message quotes
-N_QUOTED = 3
 
 
 def width_scale(cfg) -> float:
@@ -186,24 +185,15 @@ def load_trunk_weights(trunk: ResNetTrunk, path: str, key: str = "MODEL.BACKBONE
     own = trunk.state_dict()
     cut = tuple(f"{name}." for name in STAGES[STAGES.index(trunk.upto) + 1:]) + ("fc.",)
     left_out = [k for k in state if k.startswith(cut)]
-    unexpected = [k for k in state if k not in own and not k.startswith(cut)]
     # checkpoints older than BatchNorm's counter lack num_batches_tracked; BatchNorm fills it in
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]
-    problems = [f"{len(keys)} {what} ({_first(keys)})" for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if keys]
+    problems, _ = mismatched_keys(own, state, ignore_unexpected=lambda k: k.startswith(cut),
+                                  ignore_missing=lambda k: k.endswith("num_batches_tracked"))
     if problems:
         raise UserError(f"backbone weights {path} ({key}) do not fit {trunk.arch} at width "
                         f"{trunk.conv1.out_channels}: {'; '.join(problems)} keys")
     trunk.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     logger.info("Loaded %s weights from %s (%d tensors; %d of the layers cut away left out)", trunk.arch, path,
                 len(own) - len([k for k in own if k not in state]), len(left_out))
-
-
-def _first(keys: list[str]) -> str:
-    """The first :data:`N_QUOTED` of ``keys``, with ``...`` when there are more."""
-    return ", ".join(keys[:N_QUOTED]) + (", ..." if len(keys) > N_QUOTED else "")
 
 
 def build_resnet_trunk(cfg, upto: str = "layer4", style: str = "torchvision") -> ResNetTrunk:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.modeling.state_dicts import mismatched_keys
 from engine.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ ARCHITECTURES = {
 }
 # DINO's training checkpoint holds both networks; its evaluation scripts take the teacher
 CHECKPOINT_NETWORKS = ("teacher", "student")
-# How many keys an error message quotes
-N_QUOTED = 3
 
 
 def is_vit_name(name: str) -> bool:
@@ -205,12 +204,7 @@ def load_dino_weights(vit: VisionTransformer, path: str) -> None:
     """Load :func:`read_dino_weights` ``(path)`` into ``vit`` strictly (see the module docstring)."""
     state = read_dino_weights(path)
     own = vit.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]
-    problems = [f"{len(keys)} {what} ({_first(keys)})" for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)) if keys]
+    problems, wrong = mismatched_keys(own, state)
     if problems:
         hint = ("; pos_embed fixes the input size: DINO's files take INPUT.SIZE (224, 224)"
                 if any(w.startswith("pos_embed ") for w in wrong) else "")
@@ -218,11 +212,6 @@ def load_dino_weights(vit: VisionTransformer, path: str) -> None:
                         f"keys{hint}")
     vit.load_state_dict(state)
     logger.info("Loaded %s weights from %s (%d tensors)", vit.name, path, len(own))
-
-
-def _first(keys: list[str]) -> str:
-    """The first :data:`N_QUOTED` of ``keys``, with ``...`` when there are more."""
-    return ", ".join(keys[:N_QUOTED]) + (", ..." if len(keys) > N_QUOTED else "")
 
 
 def build_vit(cfg) -> VisionTransformer:
