@@ -4,22 +4,31 @@ PromptEmo and every comparison method start from a *pretrained* CLIP: its text e
 "happiness" and "anger" to different places and its image encoder already sees faces. The ``tiny``
 backbone has random weights and has neither (its class prompts are nearly parallel), so on a CPU no CLIP
 method can show what it does. This script gives the tiny architecture what web pre-training gives the
-real one, on a CPU in a couple of minutes, and writes it as a checkpoint file that ``train.py`` loads
+real one, on a CPU in a few minutes, and writes it as a checkpoint file that ``train.py`` loads
 through the same path as a downloaded ``ViT-B-32.pt`` (``MODEL.BACKBONE.NAME path/to/file.pt``).
 
-    python scripts/pretrain_tiny_clip.py --out data/tiny-clip-synthetic.pt
+    python scripts/pretrain_tiny_clip.py --unpack --out data/tiny-clip-synthetic.pt   # the shipped file, seconds
+    python scripts/pretrain_tiny_clip.py --out data/tiny-clip-synthetic.pt            # pre-train, ~3.5 min on 2 cores
+    python scripts/pretrain_tiny_clip.py --out assets/tiny-clip-synthetic.pt.gz --force   # remake the shipped file
 
-The pre-training pool is kept apart from the benchmark, as the web is apart from RAF-DB:
-- its own look, ``synth_web`` (none of the four benchmark domains' styles), and its own random streams;
-- web-like captions, not labels: many templates and synonyms, descriptions of visible facial behaviour,
-  a share of captions that say nothing about the expression and a share that name the wrong one;
-- CLIP's symmetric contrastive loss between images and the distinct captions of the batch.
-So zero-shot with it is better than chance but far from what training on the sources can reach, which
-is the situation the paper's methods are built for. Everything random is seeded by ``--seed``.
+The repository ships the result, ``assets/tiny-clip-synthetic.pt.gz`` (made by the last command, 2.7 MB),
+with its sha256 beside it (``.sha256``, checked by ``--unpack``), so that the demo does not pre-train on
+every new clone. A ``.gz`` output is gzip-compressed and gets that checksum file; any other is the plain
+checkpoint. Both hold the same compact state dict (:func:`compact_state_dict`: fp16, the token rows that
+no caption reached set to zero).
+
+Reproducibility: pre-training runs on two CPU threads (``PRETRAIN_THREADS``), whatever the machine: the
+kernels split their sums by thread count, and 324 steps of training turn last-bit differences into other
+weights. Measured on a 2-core machine: the demo's two earlier pre-trainings (torch's default there, two
+threads) and one of this script wrote the same weights (the shipped file is that pre-training, stored
+compact), two 1-thread runs the same as each other but not as those. On another CPU or torch build expect the same architecture and a similar zero-shot
+accuracy, not the same bytes.
 """
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import io
 import os
 import sys
@@ -39,6 +48,12 @@ from engine.modeling.clip_backbone import CLIP, TINY_CLIP_ARCH, tokenize
 from engine.utils.errors import UserError, run_command
 from engine.utils.tools import atomic_write_bytes
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The pre-trained tiny CLIP shipped with the repository, and its checksum file (``sha256sum`` format).
+SHIPPED = os.path.join(REPO, "assets", "tiny-clip-synthetic.pt.gz")
+CHECKSUM_SUFFIX = ".sha256"
+#: CPU threads of the pre-training (see the module docstring on reproducibility)
+PRETRAIN_THREADS = 2
 
 #: The pre-training look: between the benchmark's colour and wild domains, but none of them.
 WEB_STYLE = replace(DOMAIN_STYLES["synth_color"], name="synth_web", n_background_shapes=(4, 14), scale=(0.8, 1.2),
@@ -135,8 +150,9 @@ PRETRAINED_ARCH = dict(TINY_CLIP_ARCH, image_resolution=64, vision_layers=(1, 1,
 
 
 def pretrain(per_class: int = 1000, epochs: int = 12, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
-             generic_p: float = 0.1, wrong_p: float = 0.05, arch: dict | None = None) -> torch.nn.Module:
-    """The tiny CLIP (random init from ``seed``) after contrastive pre-training on the web pool."""
+             generic_p: float = 0.1, wrong_p: float = 0.05, arch: dict | None = None) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The tiny CLIP (random init from ``seed``) after contrastive pre-training on the web pool, and which
+    rows of its token embedding training reached (a bool per token: some step's gradient was non-zero)."""
     arch = arch or PRETRAINED_ARCH
     size = arch["image_resolution"]
     images, labels = render_pool(per_class, size, seed)
@@ -151,6 +167,7 @@ def pretrain(per_class: int = 1000, epochs: int = 12, batch_size: int = 256, lr:
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: min(1.0, (step + 1) / 20))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 104_729]))
     images_t = torch.from_numpy(images)
+    trained_rows = torch.zeros(model.token_embedding.num_embeddings, dtype=torch.bool)
     bar = tqdm(total=epochs * steps_per_epoch, desc="pre-train tiny CLIP", unit="step")
     for _ in range(epochs):
         order = rng.permutation(len(images))
@@ -165,6 +182,7 @@ def pretrain(per_class: int = 1000, epochs: int = 12, batch_size: int = 256, lr:
                                     model.logit_scale.exp())
             optim.zero_grad(set_to_none=True)
             loss.backward()
+            trained_rows |= model.token_embedding.weight.grad.ne(0).any(1)
             optim.step()
             sched.step()
             with torch.no_grad():
@@ -172,7 +190,67 @@ def pretrain(per_class: int = 1000, epochs: int = 12, batch_size: int = 256, lr:
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    return model.eval()
+    return model.eval(), trained_rows
+
+
+def compact_state_dict(model: torch.nn.Module, trained_rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The state dict as written: fp16, as OpenAI's released CLIP files (``load_clip`` casts to fp32), with
+    the token embedding's rows that pre-training never reached (``~trained_rows``) set to zero. Such a row
+    holds only its random initialisation shrunk by weight decay, which means nothing to the text encoder
+    (a word no caption contained: about a third of the words of ``configs/descriptions/facs.json``); those
+    49k x 64 random numbers were two thirds of the file and do not compress, zeros do."""
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state["token_embedding.weight"] = state["token_embedding.weight"].masked_fill(~trained_rows[:, None], 0)
+    return state
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_checkpoint(path: str, state: dict[str, torch.Tensor]) -> None:
+    """``state`` to ``path`` atomically (never a half-written file under the real name); a ``.gz`` path is
+    gzip-compressed (with a fixed header, so equal weights give equal bytes) and gets its sha256 file."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    if path.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    atomic_write_bytes(path, data)
+    if path.endswith(".gz"):
+        atomic_write_bytes(path + CHECKSUM_SUFFIX, f"{sha256_hex(data)}  {os.path.basename(path)}\n".encode())
+
+
+def read_shipped(path: str = SHIPPED) -> bytes:
+    """The checkpoint inside the gzip file ``path``, after checking the file against its sha256 file."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path + CHECKSUM_SUFFIX, encoding="utf-8") as f:
+            expected = f.read().split()[0]
+    except (OSError, IndexError) as e:
+        raise UserError(f"cannot read the shipped tiny CLIP {path} and its {CHECKSUM_SUFFIX} file ({e}); restore them "
+                        f"with git checkout, or pre-train without --unpack") from None
+    found = sha256_hex(data)
+    if found != expected:
+        raise UserError(f"{path} does not match its checksum (sha256 {found}, expected {expected}): a damaged copy or "
+                        f"a Git LFS pointer; restore it with git checkout, or pre-train without --unpack")
+    return gzip.decompress(data)
+
+
+def unpack(out: str, shipped: str = SHIPPED, force: bool = False) -> None:
+    """Write the shipped checkpoint to ``out`` (seconds). An existing ``out`` is kept unless ``force``; one
+    that is not the shipped checkpoint is named as such, since the demo's figures were made with that one."""
+    data = read_shipped(shipped)
+    if os.path.exists(out) and not force:
+        with open(out, "rb") as f:
+            same = sha256_hex(f.read()) == sha256_hex(data)
+        print(f"{out} exists; nothing to do" + ("" if same else f" (it is not {os.path.relpath(shipped)}: another "
+                                                                 f"pre-training; --force replaces it)"))
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    atomic_write_bytes(out, data)
+    print(f"wrote {out} from {os.path.relpath(shipped)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -183,9 +261,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("--unpack", nargs="?", const=SHIPPED, metavar="GZ",
+                   help=f"write the shipped pre-trained file instead of pre-training (default {os.path.relpath(SHIPPED)}, "
+                        f"checked against its {CHECKSUM_SUFFIX} file)")
     args = p.parse_args(argv)
     if os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a folder; expected a file path such as data/tiny-clip-synthetic.pt")
+    if args.unpack:
+        unpack(args.out, args.unpack, args.force)
+        return
     if os.path.exists(args.out) and not args.force:
         print(f"{args.out} exists; nothing to do (--force rebuilds it)")
         return
@@ -193,11 +277,10 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--per-class {args.per_class} gives {args.per_class * len(CANONICAL_CLASSES)} faces, fewer than one "
                         f"batch (--batch-size {args.batch_size})")
     start = time.time()
-    model = pretrain(args.per_class, args.epochs, args.batch_size, seed=args.seed)
+    torch.set_num_threads(PRETRAIN_THREADS)  # the same bytes on the same machine whatever its core count
+    model, trained_rows = pretrain(args.per_class, args.epochs, args.batch_size, seed=args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    atomic_write_bytes(args.out, buffer.getvalue())  # never a half-written checkpoint under the real name
+    write_checkpoint(args.out, compact_state_dict(model, trained_rows))
     print(f"wrote {args.out} ({time.time() - start:.0f} s)")
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 from conftest import ROOT, SYNTH_OPTS, load_script
+from engine.trainer import TRAINER_REGISTRY
 
 
 def _run_script(script: str, args: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -59,3 +61,15 @@ def test_protocol_dry_run_lists_every_unfinished_run_once(tmp_path, capsys):
     assert not any(str(done) + " " in line + " " for line in lines)
     assert protocol.main(["--dry-run", "--targets", "mars"]) == 2
     assert "target 'mars' is not one of the domains" in capsys.readouterr().err
+
+
+def test_the_demo_runs_every_registered_trainer_once():
+    # scripts/demo.sh lists its methods in its lanes; a newly registered trainer must join one, with the
+    # configs of both of the demo's variants.
+    with open(os.path.join(ROOT, "scripts", "demo.sh"), encoding="utf-8") as f:
+        lanes = re.findall(r"^LANE_\d+=\((.*)\)$", f.read(), re.M)
+    methods = [method for lane in lanes for method in lane.split()]
+    assert len(lanes) == 2 and sorted(methods) == TRAINER_REGISTRY.registered_names()
+    for method in methods:
+        for variant in ("tiny_pretrained", "tiny"):
+            assert os.path.isfile(os.path.join(ROOT, "configs", "trainers", method, f"{variant}.yaml")), (method, variant)
