@@ -24,8 +24,8 @@ SEEDS="${SEEDS:-1}"
 VARIANT="${VARIANT:-tiny_pretrained}"
 export OMP_NUM_THREADS=1
 
-LANE_1=(PromptEmo DUML ZSCLIP CoOp)
-LANE_2=(Baseline LACMFER LACMFERCLIP)
+LANE_1=(PromptEmo DUML ZSCLIP CoOp NENO)
+LANE_2=(Baseline LACMFER LACMFERCLIP OSFER)
 
 if [ "$VARIANT" = tiny_pretrained ]; then
   WEIGHTS="$DATA/tiny-clip-synthetic.pt"
@@ -49,7 +49,7 @@ run() {
   local lane=$1 method=$2 opts=()
   if [ -n "$WEIGHTS" ]; then
     case $method in
-      DUML|LACMFER) ;;  # ResNets from random weights: no CLIP
+      DUML|LACMFER|OSFER) ;;  # ResNets from random weights: no CLIP
       LACMFERCLIP) opts=(TRAINER.LACMFERCLIP.CLIP_BACKBONE "$WEIGHTS") ;;  # its text encoder
       *) opts=(MODEL.BACKBONE.NAME "$WEIGHTS") ;;
     esac
