@@ -38,9 +38,13 @@ sizes=(DATASET.SYNTHETIC.N_TRAIN_PER_CLASS "$N_TRAIN" DATASET.SYNTHETIC.N_TEST_P
 
 # The four domains, two generators side by side (a run would otherwise generate a missing domain itself,
 # and two lanes could generate the same one at once).
-python scripts/make_synthetic.py --root "$DATA" --domains synth_color synth_gray --n-train "$N_TRAIN" --n-test "$N_TEST" --no-progress >/dev/null &
+generate() {
+  python scripts/make_synthetic.py --root "$DATA" --domains "$@" --n-train "$N_TRAIN" --n-test "$N_TEST" \
+    --no-progress >/dev/null
+}
+generate synth_color synth_gray &
 gen=$!
-python scripts/make_synthetic.py --root "$DATA" --domains synth_lab synth_wild --n-train "$N_TRAIN" --n-test "$N_TEST" --no-progress >/dev/null
+generate synth_lab synth_wild
 wait "$gen"
 
 # One method's runs; its own log goes to its output folder, the console gets the progress lines (no bars:
@@ -54,10 +58,11 @@ run() {
       *) opts=(MODEL.BACKBONE.NAME "$WEIGHTS") ;;
     esac
   fi
-  TQDM_DISABLE=1 python scripts/protocol.py --variant "$VARIANT" --domains synth_color synth_gray synth_lab synth_wild \
-    --targets synth_wild --unseen fear --seeds $SEEDS --data "$DATA" --out "$OUT/$VARIANT" \
-    --dataset-config configs/datasets/synthetic.yaml --methods "$method" -- "${sizes[@]}" "${opts[@]}" \
-    DATALOADER.CACHE.ENABLED True DATALOADER.CACHE.DIR "$OUT/decoded-cache-$lane" | grep --line-buffered -E '^(run|skip) '
+  TQDM_DISABLE=1 python scripts/protocol.py --variant "$VARIANT" --methods "$method" --seeds $SEEDS \
+    --domains synth_color synth_gray synth_lab synth_wild --targets synth_wild --unseen fear \
+    --data "$DATA" --out "$OUT/$VARIANT" --dataset-config configs/datasets/synthetic.yaml -- \
+    "${sizes[@]}" "${opts[@]}" DATALOADER.CACHE.ENABLED True DATALOADER.CACHE.DIR "$OUT/decoded-cache-$lane" |
+    grep --line-buffered -E '^(run|skip) '
 }
 lane() {
   local lane=$1 method

@@ -74,4 +74,5 @@ def test_the_demo_runs_every_registered_trainer_once():
     assert len(lanes) == 2 and sorted(methods) == registered
     for method in methods:
         for variant in ("tiny_pretrained", "tiny"):
-            assert os.path.isfile(os.path.join(ROOT, "configs", "trainers", method, f"{variant}.yaml")), (method, variant)
+            config = os.path.join(ROOT, "configs", "trainers", method, f"{variant}.yaml")
+            assert os.path.isfile(config), config
