@@ -14,6 +14,7 @@ methods, their commands and output folders); this package decides *where and how
 Why a package rather than more of ``scripts/protocol.py``: the pool, the cluster launcher and the
 estimate are each a few hundred lines with their own tests, and a Slurm job must import the function it
 runs on the compute node, which needs an installed module (a script's functions are not importable there).
-``pool``, ``runs`` and ``slurm`` import nothing of this project but ``engine.utils.errors``; ``estimate``
+``pool``, ``runs`` and ``slurm`` import nothing of this project but ``engine.utils.errors`` and
+``engine.utils.processes`` (neither imports torch); ``estimate``
 reads configs and splits through the engine, the datasets and the trainers.
 """

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from engine.utils.errors import UserError
+from engine.utils.processes import pid_alive
 from launch.pool import Console, Progress
 from launch.runs import Run, run_logged
 
@@ -145,13 +146,7 @@ def _pid_alive(pid: int) -> bool:
         return reaped == 0
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def active_jobs(cluster: str, job_ids: Sequence[str], log_root: str) -> dict[str, str]:

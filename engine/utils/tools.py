@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.utils.processes import pid_alive
+
 
 def set_random_seed(seed: int) -> None:
     """Seed python, numpy and torch (all devices). A negative seed leaves everything random."""
@@ -139,17 +141,6 @@ def remove_write_leftovers(folder: str | os.PathLike, locked: bool = False) -> l
                 continue
             removed.append(path)
     return removed
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this machine (one owned by another user counts as running)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_dead_leftovers(folder: str | os.PathLike, prefix: str) -> list[str]:
