@@ -131,7 +131,7 @@ def load_clip(name: str, download_root: str | None = None) -> CLIP:
     if not os.path.exists(name):
         raise UserError(f"CLIP weights file not found: {name} (MODEL.BACKBONE.NAME must be a path to a CLIP "
                         f"checkpoint, 'tiny', or one of {', '.join(clip.available_models())}; the synthetic demo's "
-                        f"pretrained tiny CLIP is written by scripts/pretrain_tiny_clip.py --out {name})")
+                        f"pretrained tiny CLIP is unpacked by scripts/pretrain_tiny_clip.py --unpack --out {name})")
     if not os.path.isfile(name):
         raise UserError(f"MODEL.BACKBONE.NAME {name} is a folder; expected a CLIP checkpoint file (.pt)")
     return load_clip_file(name)
